@@ -1,0 +1,162 @@
+"""Tests for MaskGIT iterative decoding and classifier-free guidance."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tsgen_jax import sampling
+from tsgen_jax.models import maskgit
+
+K, N, B = 5, 12, 3
+MASK = K
+
+
+def _table_logits_fn(tokens, class_ids):
+  """Fake model: a fixed random (N, K) table plus a bonus for token == class id."""
+  base = 2.0 * jax.random.normal(jax.random.key(42), (N, K))
+  bonus = 3.0 * jax.nn.one_hot(class_ids, K)[:, None, :]
+  return base[None] + bonus + 0.0 * tokens[..., None]
+
+
+def _decoder(logits_fn=_table_logits_fn, **kw):
+  return jax.jit(functools.partial(sampling.iterative_decode, logits_fn, num_tokens=N,
+                                   mask_id=MASK, **kw))
+
+
+@pytest.mark.parametrize("kind", maskgit.MASK_SCHEDULES)
+def test_mask_schedule(kind):
+  t, T, n = np.arange(10), 10, 40
+  r = (t + 1) / T
+  ratio = {"cosine": np.cos(np.pi * r / 2), "linear": 1 - r, "square": 1 - r ** 2}[kind]
+  want = np.maximum(np.floor(n * ratio + 1e-9), 1).astype(int)
+  want[-1] = 0
+  got = sampling.mask_schedule(t, T, n, kind)
+  np.testing.assert_array_equal(got, want)
+  assert np.all(np.diff(got) <= 0) and got[0] < n and np.all(got[:-1] >= 1)
+  traced = jax.jit(lambda t: sampling.mask_schedule(t, T, n, kind))(jnp.arange(10))
+  np.testing.assert_array_equal(traced, want)
+  assert sampling.mask_schedule(0, 1, n, kind) == 0
+  if kind == "linear":
+    np.testing.assert_array_equal(got, [36, 32, 28, 24, 20, 16, 12, 8, 4, 0])
+  if kind == "cosine":
+    assert got[0] == 39 and got[4] == 28  # floor(40 cos(pi/4)) = floor(28.28)
+
+
+def test_decode_follows_schedule_and_never_changes_fixed_tokens():
+  T = 6
+  decode = _decoder(num_steps=T, return_history=True)
+  ids = jnp.array([0, 1, 4], jnp.int32)
+  tokens, history = decode(jax.random.key(0), ids)
+  tokens, history = np.asarray(tokens), np.asarray(history)
+  assert tokens.shape == (B, N) and tokens.dtype == np.int32 and history.shape == (T, B, N)
+  masked = (history == MASK).sum(-1)  # (T, B)
+  want = sampling.mask_schedule(np.arange(T), T, N)
+  np.testing.assert_array_equal(masked, np.repeat(want[:, None], B, 1))
+  for t in range(1, T):
+    fixed = history[t - 1] != MASK
+    np.testing.assert_array_equal(history[t][fixed], history[t - 1][fixed])
+  np.testing.assert_array_equal(tokens, history[-1])
+  assert tokens.min() >= 0 and tokens.max() < K
+
+  same, _ = decode(jax.random.key(0), ids)
+  np.testing.assert_array_equal(same, tokens)
+  other, _ = decode(jax.random.key(1), ids)
+  assert not np.array_equal(other, tokens)
+
+
+def test_single_step_samples_everything():
+  tokens, history = _decoder(num_steps=1, return_history=True)(
+      jax.random.key(0), jnp.zeros((B,), jnp.int32))
+  assert history.shape == (1, B, N)
+  assert not np.any(np.asarray(tokens) == MASK)
+  assert np.asarray(tokens).max() < K
+
+
+def test_most_confident_tokens_are_fixed_first():
+  """No Gumbel noise: peaked positions are fixed before flat ones."""
+  groups = np.repeat([0, 1, 2], 4)  # positions 0-3: 1 allowed token, 4-7: 2, 8-11: 4
+  np.random.default_rng(0).shuffle(groups)
+  allowed = np.arange(K)[None, :] < (2 ** groups)[:, None]
+  table = jnp.asarray(np.where(allowed, 0.0, -1e9), jnp.float32)
+
+  def fn(tokens, class_ids):
+    del class_ids
+    return jnp.broadcast_to(table, tokens.shape + (K,))
+
+  decode = _decoder(fn, num_steps=3, schedule="linear", choice_temperature=0.0,
+                    return_history=True)
+  _, history = decode(jax.random.key(3), jnp.zeros((B,), jnp.int32))
+  fixed = np.asarray(history) != MASK  # (3, B, N)
+  for b in range(B):
+    np.testing.assert_array_equal(fixed[0, b], groups == 0)  # 8 of 12 still masked
+    np.testing.assert_array_equal(fixed[1, b], groups <= 1)  # 4 of 12 still masked
+    assert fixed[2, b].all()
+
+
+def test_mask_by_confidence():
+  conf = jnp.array([[0.5, -1.0, jnp.inf, 0.1], [3.0, 2.0, 1.0, 0.0]])
+  got = sampling.mask_by_confidence(conf, jnp.array([2, 1]))
+  np.testing.assert_array_equal(got, [[False, True, False, True], [False, False, False, True]])
+
+
+def test_guided_logits():
+  cond, null = jnp.array([1.0, 4.0]), jnp.array([3.0, 0.0])
+  np.testing.assert_array_equal(sampling.guided_logits(cond, null, 0.0), null)
+  np.testing.assert_array_equal(sampling.guided_logits(cond, null, 1.0), cond)
+  np.testing.assert_array_equal(sampling.guided_logits(cond, null, 2.0), [-1.0, 8.0])
+
+
+@pytest.mark.parametrize("scale,null_id,want_batch", [
+    (1.0, K, B),  # s = 1: no unconditional pass
+    (3.0, None, B),  # model without classes: no unconditional pass
+    (3.0, K, 2 * B),  # guidance: conditional and null rows in one call
+])
+def test_logits_fn_calls_per_step(scale, null_id, want_batch):
+  calls = []
+
+  def fn(tokens, class_ids):
+    calls.append((tokens.shape, class_ids.shape))
+    return _table_logits_fn(tokens, class_ids)
+
+  out = jax.eval_shape(
+      lambda key, ids: sampling.iterative_decode(fn, key, ids, N, MASK, num_steps=4,
+                                                 guidance_scale=scale, null_class_id=null_id),
+      jax.random.key(0), jnp.zeros((B,), jnp.int32))
+  assert out.shape == (B, N) and out.dtype == jnp.int32
+  assert calls == [((want_batch, N), (want_batch,))]  # the loop body is traced once
+
+
+def test_guidance_scales():
+  null_id = K - 1  # the fake model's "null class" favours token K - 1
+  ids = jnp.array([0, 1, 2], jnp.int32)
+  key = jax.random.key(5)
+  kw = dict(num_steps=4, null_class_id=null_id)
+  s0 = _decoder(guidance_scale=0.0, **kw)(key, ids)
+  uncond = _decoder(guidance_scale=1.0, **kw)(key, jnp.full_like(ids, null_id))
+  np.testing.assert_array_equal(s0, uncond)  # s = 0: purely unconditional
+  s1 = _decoder(guidance_scale=1.0, **kw)(key, ids)
+  s1_ref = _decoder(guidance_scale=1.0, num_steps=4, null_class_id=None)(key, ids)
+  np.testing.assert_array_equal(s1, s1_ref)
+  strong = np.asarray(_decoder(guidance_scale=20.0, **kw)(key, ids))
+  np.testing.assert_array_equal(strong, np.repeat(np.asarray(ids)[:, None], N, 1))
+
+
+def test_decode_with_tiny_transformer():
+  model = maskgit.MaskGITTransformer(codebook_size=K, num_tokens=N, num_classes=2,
+                                     hidden_dim=32, n_layers=1, n_heads=2, code_dim=8)
+  ids = jnp.array([0, 1, 2], jnp.int32)
+  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((B, N), jnp.int32), ids)
+
+  @jax.jit
+  def sample(params, key):
+    fn = sampling.model_logits_fn(model, params)
+    return sampling.iterative_decode(fn, key, ids, model.num_tokens, model.mask_id,
+                                     num_steps=4, guidance_scale=2.0,
+                                     null_class_id=model.null_class_id)
+
+  tokens = np.asarray(sample(params, jax.random.key(1)))
+  assert tokens.shape == (B, N) and tokens.min() >= 0 and tokens.max() < K
+  np.testing.assert_array_equal(sample(params, jax.random.key(1)), tokens)

@@ -1,0 +1,3 @@
+"""tsgen_jax: TimeVQVAE-style generative modelling of time series in JAX/Flax."""
+
+__version__ = "0.1.0"

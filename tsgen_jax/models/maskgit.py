@@ -1,0 +1,295 @@
+"""Stage 2: the MaskGIT prior over stage-1 tokens, and its training helpers.
+
+A bidirectional (non-causal) pre-norm transformer predicts, for every position of a flattened
+token grid, logits over the stage-1 codebook. Inputs use one extra token id,
+``codebook_size``, for [MASK]; a class token (``num_classes + 1`` entries, the last one the
+null / unconditional class) is prepended, so the transformer runs on ``N + 1`` positions and the
+class position is dropped from the output.
+
+Training (REFERENCE.md, "Stage 2"): per sample ``r ~ U(0, 1)``, mask
+``ceil(cos(pi r / 2) * N)`` positions (at least one) chosen uniformly at random, replace the class
+label by the null class with probability ``p_unconditional``, and minimise label-smoothed
+cross-entropy on the masked positions only.
+
+The pure training helpers live here next to the model (:func:`mask_ratio_schedule`,
+:func:`mask_count`, :func:`random_mask`, :func:`drop_class_labels`,
+:func:`masked_token_loss`, :func:`masked_token_accuracy`, :func:`masked_token_metrics`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+MASK_SCHEDULES = ("cosine", "linear", "square")
+
+_EMBED_INIT = nn.initializers.normal(stddev=0.02)
+
+
+class TransformerBlock(nn.Module):
+  """Pre-norm block: ``x + Attn(RMSNorm(x))`` then ``x + MLP(RMSNorm(x))``, no causal mask.
+
+  The residual stream stays in float32; attention and MLP matmuls run in ``dtype``.
+  """
+  hidden_dim: int
+  n_heads: int
+  ff_mult: int = 1
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """x: (B, S, hidden_dim) -> (B, S, hidden_dim)."""
+    h = nn.RMSNorm(name="attn_norm")(x)
+    h = nn.MultiHeadDotProductAttention(
+        num_heads=self.n_heads,
+        qkv_features=self.hidden_dim,
+        out_features=self.hidden_dim,
+        dropout_rate=self.dropout,
+        deterministic=not train,
+        force_fp32_for_softmax=True,
+        dtype=self.dtype,
+        name="attn")(h, h)
+    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    x = x + h.astype(x.dtype)
+
+    h = nn.RMSNorm(name="mlp_norm")(x)
+    h = nn.Dense(self.hidden_dim * self.ff_mult, dtype=self.dtype, name="mlp_in")(h)
+    h = nn.gelu(h)
+    h = nn.Dense(self.hidden_dim, dtype=self.dtype, name="mlp_out")(h)
+    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    return x + h.astype(x.dtype)
+
+
+class MaskGITTransformer(nn.Module):
+  """Bidirectional transformer prior over ``num_tokens`` stage-1 tokens.
+
+  Attributes:
+    codebook_size: K, the stage-1 codebook size; token id K is [MASK].
+    num_tokens: N, the flattened token sequence length.
+    num_classes: C; class id C is the null class (C = 0: unconditional, only the null id).
+    hidden_dim, n_layers, n_heads, ff_mult, dropout: transformer sizes.
+    code_dim: width of the token embedding table (the stage-1 code dimension), projected to
+      ``hidden_dim`` by a Dense layer.
+    dtype: matmul computation dtype (e.g. ``jnp.bfloat16``); parameters stay float32 and the
+      logits are returned as float32.
+  """
+  codebook_size: int
+  num_tokens: int
+  num_classes: int
+  hidden_dim: int = 256
+  n_layers: int = 4
+  n_heads: int = 2
+  ff_mult: int = 1
+  dropout: float = 0.0
+  code_dim: int = 64
+  dtype: Any = jnp.float32
+
+  @property
+  def mask_id(self) -> int:
+    """The [MASK] token id (= ``codebook_size``)."""
+    return self.codebook_size
+
+  @property
+  def null_class_id(self) -> int:
+    """The null (unconditional) class id (= ``num_classes``)."""
+    return self.num_classes
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, class_ids: jax.Array,
+               train: bool = False) -> jax.Array:
+    """Logits over the codebook for every token position.
+
+    Args:
+      tokens: int (B, N) in [0, K]; the value K = ``codebook_size`` is [MASK].
+      class_ids: int (B,) in [0, C]; the value C = ``num_classes`` is the null class.
+      train: enables dropout (needs a 'dropout' rng when ``dropout > 0``).
+
+    Returns:
+      float32 logits (B, N, K).
+    """
+    if tokens.ndim != 2 or tokens.shape[1] != self.num_tokens:
+      raise ValueError(f"tokens must be (B, {self.num_tokens}), got {tokens.shape}")
+    if class_ids.shape != tokens.shape[:1]:
+      raise ValueError(f"class_ids must be ({tokens.shape[0]},), got {class_ids.shape}")
+
+    tok = nn.Embed(self.codebook_size + 1, self.code_dim, embedding_init=_EMBED_INIT,
+                   name="token_embed")(tokens.astype(jnp.int32))
+    tok = nn.Dense(self.hidden_dim, dtype=self.dtype, name="token_proj")(tok)
+    cls = nn.Embed(self.num_classes + 1, self.hidden_dim, embedding_init=_EMBED_INIT,
+                   name="class_embed")(class_ids.astype(jnp.int32))
+    x = jnp.concatenate([cls[:, None, :], tok.astype(jnp.float32)], axis=1)  # (B, N+1, H)
+    pos = self.param("pos_embed", _EMBED_INIT, (self.num_tokens + 1, self.hidden_dim))
+    x = nn.Dropout(self.dropout, deterministic=not train)(x + pos[None])
+
+    for i in range(self.n_layers):
+      x = TransformerBlock(self.hidden_dim, self.n_heads, self.ff_mult, self.dropout,
+                           dtype=self.dtype, name=f"block_{i}")(x, train=train)
+
+    x = nn.RMSNorm(name="out_norm")(x[:, 1:])
+    logits = nn.Dense(self.codebook_size, dtype=self.dtype, name="head")(x)
+    return logits.astype(jnp.float32)
+
+
+def init_token_embeddings(params, codebook: jax.Array):
+  """Returns ``params`` with the first K token-embedding rows replaced by the codebook.
+
+  Args:
+    params: the transformer's variables, either ``{'params': {...}}`` or the inner dict.
+    codebook: (K, code_dim) stage-1 codebook.
+
+  Returns:
+    A new params tree of the same structure (the input is not modified); the [MASK] row
+    (index K) and every other parameter are unchanged.
+  """
+  has_collection = "params" in params and "token_embed" not in params
+  inner = params["params"] if has_collection else params
+  table = inner["token_embed"]["embedding"]
+  codebook = jnp.asarray(codebook)
+  if codebook.ndim != 2 or codebook.shape != (table.shape[0] - 1, table.shape[1]):
+    raise ValueError(f"codebook must be {(table.shape[0] - 1, table.shape[1])} to fill the "
+                     f"{table.shape} token embedding table, got {codebook.shape}")
+  new_table = table.at[:-1].set(codebook.astype(table.dtype))
+  new_inner = {**inner, "token_embed": {**inner["token_embed"], "embedding": new_table}}
+  return {**params, "params": new_inner} if has_collection else new_inner
+
+
+# ------------------------------------------------------------------------------------------
+# Training helpers (pure functions).
+
+
+def mask_ratio_schedule(r, kind: str = "cosine"):
+  """Fraction of tokens masked at progress ``r`` in [0, 1] (1 at r = 0, 0 at r = 1).
+
+  Args:
+    r: scalar or array of floats in [0, 1]. A JAX array (or tracer) is computed with
+      ``jax.numpy`` in its float dtype; anything else (Python / NumPy numbers) with NumPy in
+      float64, so schedule tables built at trace time are exact.
+    kind: 'cosine' cos(pi r / 2), 'linear' 1 - r, or 'square' 1 - r^2.
+
+  Returns:
+    An array of the same shape as ``r``; monotonically decreasing in ``r``.
+  """
+  if isinstance(r, jax.Array):
+    xp = jnp
+    r = r.astype(jnp.promote_types(r.dtype, jnp.float32))
+  else:
+    xp = np
+    r = np.asarray(r, np.float64)
+  if kind == "cosine":
+    return xp.cos(0.5 * math.pi * r)
+  if kind == "linear":
+    return 1.0 - r
+  if kind == "square":
+    return 1.0 - r * r
+  raise ValueError(f"unknown mask schedule {kind!r}; expected one of {MASK_SCHEDULES}")
+
+
+def mask_count(r, num_tokens: int):
+  """Number of tokens to mask for training draw ``r``: ``ceil(cos(pi r / 2) N)`` in [1, N].
+
+  Args:
+    r: float array of any shape, values in [0, 1).
+    num_tokens: N.
+
+  Returns:
+    int32 array shaped like ``r``.
+  """
+  n = jnp.ceil(mask_ratio_schedule(jnp.asarray(r), "cosine") * num_tokens)
+  return jnp.clip(n, 1, num_tokens).astype(jnp.int32)
+
+
+def random_mask(key: jax.Array, tokens: jax.Array, mask_id: int):
+  """Masks ``ceil(cos(pi r / 2) N)`` uniformly chosen positions per sample, ``r ~ U(0, 1)``.
+
+  Args:
+    key: PRNG key.
+    tokens: int (B, N) token ids.
+    mask_id: id written at masked positions (the model's ``codebook_size``).
+
+  Returns:
+    masked_tokens: int32 (B, N), ``mask_id`` where masked, ``tokens`` elsewhere.
+    mask: bool (B, N), True at masked positions (at least one per row).
+  """
+  b, n = tokens.shape
+  r_key, noise_key = jax.random.split(key)
+  count = mask_count(jax.random.uniform(r_key, (b,)), n)  # (B,)
+  noise = jax.random.uniform(noise_key, (b, n))
+  rank = jnp.argsort(jnp.argsort(noise, axis=-1), axis=-1)  # a random permutation per row
+  mask = rank < count[:, None]
+  masked = jnp.where(mask, jnp.int32(mask_id), tokens.astype(jnp.int32))
+  return masked, mask
+
+
+def drop_class_labels(key: jax.Array, class_ids: jax.Array, num_classes: int,
+                      p_unconditional: float = 0.2) -> jax.Array:
+  """Replaces each class id by the null id ``num_classes`` with probability ``p_unconditional``.
+
+  Args:
+    key: PRNG key.
+    class_ids: int (B,) in [0, num_classes).
+    num_classes: C; with C = 0 (unlabeled data) every id becomes the null id 0.
+    p_unconditional: drop probability.
+
+  Returns:
+    int32 (B,) class ids.
+  """
+  class_ids = jnp.asarray(class_ids, jnp.int32)
+  if num_classes == 0:
+    return jnp.zeros_like(class_ids)
+  drop = jax.random.bernoulli(key, p_unconditional, class_ids.shape)
+  return jnp.where(drop, jnp.int32(num_classes), class_ids)
+
+
+def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+  mask = mask.astype(jnp.float32)
+  return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def masked_token_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array,
+                      label_smoothing: float = 0.1) -> jax.Array:
+  """Label-smoothed cross-entropy averaged over the masked positions only.
+
+  Smoothed labels are ``(1 - eps) one_hot + eps / K`` (``optax.smooth_labels``).
+
+  Args:
+    logits: (B, N, K).
+    targets: int (B, N) in [0, K).
+    mask: bool (B, N); positions where False do not contribute.
+    label_smoothing: eps.
+
+  Returns:
+    float32 scalar (0 when nothing is masked).
+  """
+  k = logits.shape[-1]
+  labels = optax.smooth_labels(jax.nn.one_hot(targets, k, dtype=jnp.float32), label_smoothing)
+  ce = optax.softmax_cross_entropy(logits.astype(jnp.float32), labels)  # (B, N)
+  return _masked_mean(ce, mask)
+
+
+def masked_token_accuracy(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
+  """Top-1 accuracy over the masked positions; logits (B, N, K), targets/mask (B, N) -> scalar."""
+  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+  return _masked_mean(correct, mask)
+
+
+def masked_token_metrics(logits: jax.Array, targets: jax.Array, mask: jax.Array,
+                         label_smoothing: float = 0.1) -> dict[str, jax.Array]:
+  """``{'loss', 'accuracy'}`` on masked positions; shapes as in :func:`masked_token_loss`."""
+  return {
+      "loss": masked_token_loss(logits, targets, mask, label_smoothing),
+      "accuracy": masked_token_accuracy(logits, targets, mask),
+  }
+
+
+__all__ = [
+    "MASK_SCHEDULES", "TransformerBlock", "MaskGITTransformer", "init_token_embeddings",
+    "mask_ratio_schedule", "mask_count", "random_mask", "drop_class_labels",
+    "masked_token_loss", "masked_token_accuracy", "masked_token_metrics",
+]

@@ -1,0 +1,137 @@
+"""Runs the stages of a config in a workdir: stage1 -> eval_stage1 -> stage2 -> sample ->
+eval_stage2. Each stage reads what earlier stages left in the workdir."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import jax
+import numpy as np
+
+from tsgen_jax import checkpoint as ckpt_lib
+from tsgen_jax import sharding
+from tsgen_jax import stage1 as stage1_lib
+from tsgen_jax import trainer
+from tsgen_jax import workdir as wd
+from tsgen_jax.config import ALL_STAGES
+from tsgen_jax.config import validate
+from tsgen_jax.data import BatchStream, Dataset, load_dataset
+from tsgen_jax.errors import CheckpointError, ConfigError
+from tsgen_jax.models import stage1 as stage1_model
+
+# Config keys that may change between runs of one stage without invalidating checkpoints.
+_VOLATILE = ("log_every", "checkpoint_every", "keep_checkpoints")
+
+
+@dataclasses.dataclass
+class Context:
+  """What every stage gets: the config, the workdir, the data and the device mesh."""
+  cfg: object
+  workdir: str
+  dataset: Dataset
+  mesh: object
+
+
+def stage_identity(cfg, stage: str) -> dict:
+  """The config values a stage's checkpoints depend on (compared on resume)."""
+  d = {"seed": cfg.seed, "dataset": cfg.dataset.to_dict(), "stft": cfg.stft.to_dict(),
+       "stage1": cfg.stage1.to_dict()}
+  for k in _VOLATILE:
+    d["stage1"].pop(k, None)
+  if stage == "stage2":
+    d["stage2"] = {k: v for k, v in cfg.stage2.to_dict().items() if k not in _VOLATILE}
+  return d
+
+
+def loop_config(cfg, workdir, stage: str, section) -> trainer.LoopConfig:
+  return trainer.LoopConfig(
+      stage=stage, workdir=workdir, num_steps=int(section.num_steps), seed=cfg.seed,
+      log_every=int(section.log_every), checkpoint_every=int(section.checkpoint_every),
+      keep_checkpoints=int(section.keep_checkpoints), identity=stage_identity(cfg, stage),
+      allow_config_change=cfg.resume_ignore_config, skip_nonfinite=cfg.skip_nonfinite)
+
+
+# -- stage 1 ----------------------------------------------------------------------------------
+
+def stage1_setup(cfg, dataset: Dataset, first_batch=None):
+  """(model, fresh state, optimiser) for stage 1 on ``dataset``."""
+  c, length = dataset.shape
+  model = stage1_model.from_config(cfg, c, length)
+  state, tx = stage1_lib.create_state(cfg, model, c, length, first_batch)
+  return model, state, tx
+
+
+def run_stage1(ctx: Context):
+  cfg = ctx.cfg
+  s1 = cfg.stage1
+  stream = BatchStream(ctx.dataset.train, s1.batch_size, cfg.seed,
+                       sharding.data_sharding(ctx.mesh))
+  first = stream.host_batch(0)["x"] if s1.vq.kmeans_init else None
+  model, state, tx = stage1_setup(cfg, ctx.dataset, first)
+  step = stage1_lib.make_train_step(model, s1, tx)
+  state = trainer.run(loop_config(cfg, ctx.workdir, "stage1", s1), state, step, stream, ctx.mesh)
+  wd.update_results(ctx.workdir, "stage1", {"num_steps": int(state.step)})
+
+
+def stage1_workdir(cfg, workdir: str) -> str:
+  """Where stage 1's checkpoints live: ``stage2.stage1_workdir`` or this workdir."""
+  return cfg.stage2.stage1_workdir or workdir
+
+
+def load_stage1(cfg, workdir: str, dataset: Dataset):
+  """(model, variables) of the trained stage-1 model (latest checkpoint)."""
+  src = stage1_workdir(cfg, workdir)
+  directory = os.path.join(src, "checkpoints", "stage1")
+  if not os.path.isdir(directory):
+    raise CheckpointError(f"no stage-1 checkpoint in {directory}: run the 'stage1' stage first "
+                          "(--config.run=stage1) or set --config.stage2.stage1_workdir")
+  model, state, _ = stage1_setup(cfg, dataset)
+  ckpt = ckpt_lib.Checkpointer(directory)
+  if ckpt.latest_step() is None:
+    raise CheckpointError(f"no stage-1 checkpoint in {directory}: run the 'stage1' stage first")
+  _, state = ckpt.restore(state)
+  ckpt.close()
+  return model, {"params": state.params, **state.model_state}
+
+
+def run_eval_stage1(ctx: Context):
+  from tsgen_jax import eval_stage1
+  model, variables = load_stage1(ctx.cfg, ctx.workdir, ctx.dataset)
+  results = eval_stage1.evaluate(ctx.cfg, model, variables, ctx.dataset, ctx.workdir)
+  wd.update_results(ctx.workdir, "stage1", results)
+  return results
+
+
+STAGES = {
+    "stage1": run_stage1,
+    "eval_stage1": run_eval_stage1,
+}
+
+
+def parse_stages(run: str) -> list[str]:
+  """Stages named in ``config.run`` (comma-separated), in pipeline order."""
+  names = [s.strip() for s in run.split(",") if s.strip()]
+  unknown = [s for s in names if s not in ALL_STAGES]
+  if unknown:
+    raise ConfigError(f"unknown stage(s) {unknown} in config.run; known: {list(ALL_STAGES)}")
+  return [s for s in ALL_STAGES if s in names]
+
+
+def run(cfg, workdir: str):
+  """Runs the configured stages in ``workdir``; returns results.json's contents."""
+  validate(cfg)
+  stages = parse_stages(cfg.run)
+  wd.write_config(workdir, cfg)
+  dataset = load_dataset(cfg.dataset, min_length=cfg.stft.n_fft)
+  wd.write_stats(workdir, dataset.stats)
+  mesh = sharding.make_mesh(cfg.mesh)
+  ctx = Context(cfg, workdir, dataset, mesh)
+  for stage in stages:
+    if stage not in STAGES:
+      logging.warning("stage %s is not implemented yet; skipping", stage)
+      continue
+    print(f"== {stage} ==", flush=True)
+    STAGES[stage](ctx)
+  return wd.read_results(workdir)

@@ -1,0 +1,47 @@
+"""Train state shared by both stages, and the optimiser."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a train step reads and writes.
+
+  Attributes:
+    step: int32 scalar, number of steps taken.
+    params: trainable parameters.
+    model_state: non-trained variable collections (BatchNorm statistics, EMA codebook, ...).
+    opt_state: optax state.
+  """
+  step: jax.Array
+  params: Any
+  model_state: Any
+  opt_state: Any
+
+
+def make_optimizer(lr: float, weight_decay: float, num_steps: int,
+                   warmup_steps: int = 0) -> optax.GradientTransformation:
+  """AdamW with (optional linear warm-up then) cosine decay to 0 over ``num_steps``."""
+  if warmup_steps > 0:
+    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, max(num_steps, 1))
+  else:
+    schedule = optax.cosine_decay_schedule(lr, max(num_steps, 1))
+  return optax.adamw(schedule, weight_decay=weight_decay)
+
+
+def create(params, model_state, tx) -> TrainState:
+  """A fresh state at step 0."""
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+                    opt_state=tx.init(params))
+
+
+def global_norm(tree) -> jax.Array:
+  """L2 norm over all leaves."""
+  return optax.global_norm(tree)

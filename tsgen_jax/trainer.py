@@ -1,0 +1,144 @@
+"""The training loop both stages share: jit with shardings, resume, checkpoints, logs, signals.
+
+A stage supplies an initial state and a pure ``train_step(state, batch, rng) -> (state,
+metrics)``; this module compiles it with the batch sharded over 'data' and the state
+replicated (donated), restores the latest checkpoint, runs to ``num_steps`` and saves every
+``checkpoint_every`` steps, at the end, and when SIGTERM/SIGINT arrives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+from typing import Callable
+
+import jax
+import numpy as np
+
+from tsgen_jax import checkpoint as ckpt_lib
+from tsgen_jax import metrics_writer
+from tsgen_jax import sharding
+from tsgen_jax.data.pipeline import BatchStream
+from tsgen_jax.errors import TsgenError
+
+
+class Interrupted(Exception):
+  """Raised after a checkpoint was saved in response to SIGTERM or SIGINT."""
+
+  def __init__(self, stage: str, step: int, signame: str):
+    super().__init__(f"{signame} received: saved {stage} checkpoint at step {step}; "
+                     "rerun the same command to resume")
+    self.step = step
+
+
+class NonFiniteError(TsgenError):
+  """A loss term or the gradient became NaN or infinite."""
+
+
+@dataclasses.dataclass
+class LoopConfig:
+  """What the loop needs to know about a stage."""
+  stage: str
+  workdir: str
+  num_steps: int
+  seed: int
+  log_every: int
+  checkpoint_every: int
+  keep_checkpoints: int
+  identity: dict  # config values that must match on resume
+  allow_config_change: bool = False
+  skip_nonfinite: bool = False
+
+
+class _SignalFlag:
+  """Catches SIGTERM/SIGINT while the loop runs and remembers the first one."""
+
+  def __init__(self):
+    self.name = None
+    self._old = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._old[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not in the main thread
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    self.name = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+def compile_step(train_step: Callable, mesh, state):
+  """jit-compiles ``train_step`` with the state replicated and donated, the batch on 'data'."""
+  rep = sharding.replicated(mesh)
+  state_sh = jax.tree.map(lambda _: rep, state)
+  batch_sh = sharding.data_sharding(mesh)
+  return jax.jit(train_step, in_shardings=(state_sh, batch_sh, rep),
+                 out_shardings=(state_sh, rep), donate_argnums=(0,))
+
+
+def _check_finite(stage, step, metrics):
+  bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+  if bad:
+    raise NonFiniteError(f"{stage}: non-finite value at step {step} in {', '.join(bad)}; "
+                         "the last good checkpoint is kept. Lower the learning rate or pass "
+                         "--config.skip_nonfinite=True to skip such batches")
+
+
+def run(lc: LoopConfig, state, train_step: Callable, stream: BatchStream, mesh,
+        checkpointer: ckpt_lib.Checkpointer | None = None):
+  """Trains ``state`` to ``lc.num_steps`` (resuming if possible); returns the final state.
+
+  ``train_step`` must return ``metrics`` as a dict of scalars; ``loss`` is required.
+  """
+  ckpt = checkpointer or ckpt_lib.Checkpointer(
+      f"{lc.workdir}/checkpoints/{lc.stage}", lc.keep_checkpoints)
+  ckpt.check_config(lc.identity, lc.allow_config_change)
+  state = sharding.replicate_tree(state, mesh)
+  if ckpt.latest_step() is not None:
+    _, state = ckpt.restore(state)
+  start = int(state.step)
+  if start >= lc.num_steps:
+    return state
+  step_fn = compile_step(train_step, mesh, state)
+  is_main = jax.process_index() == 0
+  writer = metrics_writer.MetricsWriter(lc.workdir, lc.stage, enabled=is_main)
+  progress = metrics_writer.Progress(lc.stage, lc.num_steps, start, enabled=is_main)
+  base_key = jax.random.key(lc.seed)
+  last_good = start
+  try:
+    with _SignalFlag() as flag:
+      for step, batch in stream.iterate(start, lc.num_steps):
+        rng = jax.random.fold_in(base_key, step)
+        state, metrics = step_fn(state, batch, rng)
+        done = step + 1
+        if done % lc.log_every == 0 or done == lc.num_steps:
+          host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+          if not lc.skip_nonfinite:
+            _check_finite(lc.stage, done, host)
+          writer.write(done, host)
+          progress.update(done, {k: host[k] for k in list(host)[:6]})
+        if done % lc.checkpoint_every == 0 or done == lc.num_steps:
+          if not lc.skip_nonfinite:
+            _check_finite(lc.stage, done, {"loss": float(metrics["loss"])})
+          ckpt.save(done, state)
+          last_good = done
+        if flag.name:
+          ckpt.save(done, state)
+          raise Interrupted(lc.stage, done, flag.name)
+  finally:
+    progress.close()
+    writer.close()
+  del last_good
+  return state
+
+
+def host_metrics(metrics) -> dict[str, float]:
+  """Device scalars to Python floats."""
+  return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
