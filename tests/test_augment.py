@@ -81,14 +81,16 @@ def test_shape_dtype_and_keys(name):
   assert np.all(np.isfinite(out))
   # Same key -> same output, whatever the key's position in the batch.
   np.testing.assert_array_equal(run(name, k[::-1], x)[::-1], out)
-  # Different keys -> different outputs (flip has 4 outcomes, slice_shuffle 24, and
-  # stft_mask leaves the series alone w.p. 1/4).
+  # Different keys -> different outputs (flip has 4 outcomes, 1 the identity; slice_shuffle
+  # 24; crop_resize 52 crop positions; stft_mask has 1/4 no-ops and few mask positions).
   distinct = len({o.tobytes() for o in out})
-  assert distinct >= {"flip": 4, "slice_shuffle": 20, "stft_mask": 150}.get(name, 256)
-  assert sum(not np.array_equal(o, x) for o in out) >= (150 if name == "stft_mask" else 230)
-  # A single jitted call on one series agrees with the vmapped one.
-  fn = functools.partial(augment.AUGMENTATIONS[name], **augment.default_params()[name])
-  np.testing.assert_allclose(jax.jit(fn)(k[7], x), out[7], rtol=1e-5, atol=1e-5)
+  few = {"flip": 4, "slice_shuffle": 20, "stft_mask": 100, "crop_resize": 50}
+  assert distinct >= few.get(name, 256)
+  unchanged = np.mean([np.array_equal(o, x) for o in out])
+  if name in ("flip", "stft_mask"):  # p = 0.5 for each of two independent operations
+    assert 0.15 < unchanged < 0.35
+  else:
+    assert unchanged < 0.1
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -160,9 +162,10 @@ def test_window_warp_is_a_monotone_time_warp():
   np.testing.assert_allclose(out[:, 1], -out[:, 0], atol=1e-4)
   change = np.abs(out - x).max(axis=(1, 2))
   assert np.all(change > 0) and np.median(change) > 5
-  # Local speed of time: 1 / s inside the window, U(0.9, 2) -> slopes down to 1/2 ...
+  # Input samples per output step: r / s inside the window and r outside, where
+  # r = (L - 1 + w (s - 1)) / (L - 1) with w = 51, s ~ U(0.9, 2).
   slopes = np.diff(out[:, 0], axis=-1)
-  assert 0.45 < slopes.min() < 0.6 and slopes.max() < 1.12
+  assert 0.7 - 1e-3 < slopes.min() < 0.75 and 1.35 < slopes.max() < 1.41
 
 
 def test_magnitude_warp_smooth_curve():
@@ -174,7 +177,7 @@ def test_magnitude_warp_smooth_curve():
   knot_t = np.round(np.linspace(0, L - 1, 6)).astype(int)
   assert np.all(np.abs(c[:, knot_t].std(0) - 0.2) < 0.04)
   # Smooth: second differences are tiny compared with the curve's variation.
-  assert np.abs(np.diff(c, 2, axis=-1)).max() < 0.01 < c.std(1).min()
+  assert np.abs(np.diff(c, 2, axis=-1)).max() < 0.03 < np.median(c.std(1))
   per_ch = run("magnitude_warp", keys(), ones, per_channel=True)
   assert np.all(np.abs(per_ch[:, 0] - per_ch[:, 1]).max(-1) > 0)
 
@@ -208,11 +211,20 @@ def test_crop_resize_is_a_linear_zoom():
   np.testing.assert_allclose(out[:, 0], expected, atol=1e-3)
 
 
-def _spectrum(x, n_fft=8):
-  """(..., C, L) -> (..., 2C, F, T) numpy STFT."""
-  x = jnp.asarray(x)
-  s = stft_lib.stft(x.reshape(-1, *x.shape[-2:]), n_fft)
-  return np.asarray(s).reshape(x.shape[:-2] + s.shape[1:])
+_stft256 = jax.jit(lambda x: stft_lib.stft(x, 8))
+
+
+def _spectrum(x):
+  """(C, L) or (256, C, L) -> (2C, F, T) or (256, 2C, F, T) numpy STFT (n_fft 8)."""
+  if x.ndim == 2:
+    return np.asarray(_stft256(jnp.broadcast_to(x, (256,) + x.shape)))[0]
+  return np.asarray(_stft256(jnp.asarray(x)))
+
+
+@jax.jit
+def _mask_patterns(ks, p_band, p_block):
+  return jax.vmap(lambda k: augment.stft_mask_pattern(k, 5, stft_lib.num_frames(L, 8),
+                                                      p_band=p_band, p_block=p_block))(ks)
 
 
 def test_stft_mask_removes_energy_where_masked():
@@ -223,23 +235,16 @@ def test_stft_mask_removes_energy_where_masked():
                               (dict(p_band=0.0, p_block=1.0), 0.2, 0.8)]:
     k = keys(seed=1)
     out = run("stft_mask", k, x, **kw)
-    s_out = _spectrum(out[:8]) ** 2
-    masks = np.asarray(jax.vmap(
-        lambda key: augment.stft_mask_pattern(key, n_freq, n_frames, **kw))(k))
+    s_out = _spectrum(out) ** 2
+    masks = np.asarray(_mask_patterns(k, kw["p_band"], kw["p_block"]))
     if kw["p_band"]:
       assert np.all(masks.all(axis=2).sum(1) == 1)  # one whole frequency row
       assert len({m.tobytes() for m in masks}) == n_freq
     else:
       assert np.all(masks.sum((1, 2)) == 2 * round(0.25 * n_frames))  # a 2 x 16 block
-    for m, so in zip(masks, s_out):
+    for m, so in zip(masks[:16], s_out[:16]):
       assert (so * m).sum() < inside * (s_in * m).sum()
       assert (so * ~m).sum() > outside * (s_in * ~m).sum()
-
-
-def test_stft_mask_probability():
-  masks = jax.vmap(lambda k: augment.stft_mask_pattern(k, 5, 65, p_band=0.5, p_block=0.0))(
-      keys())
-  assert 0.4 < float(masks.any(axis=(1, 2)).mean()) < 0.6
 
 
 def test_phase_perturb_keeps_magnitude_approximately():
@@ -251,7 +256,7 @@ def test_phase_perturb_keeps_magnitude_approximately():
 
   s_in = _spectrum(x)
   for sigma in (0.1, 0.45):
-    for s_out in _spectrum(run("phase_perturb", keys(), x, sigma=sigma)[:4]):
+    for s_out in _spectrum(run("phase_perturb", keys(), x, sigma=sigma))[:8]:
       change = np.linalg.norm(s_out - s_in) / np.linalg.norm(s_in)
       mag_change = (np.linalg.norm(magnitude(s_out) - magnitude(s_in))
                     / np.linalg.norm(magnitude(s_in)))
@@ -261,7 +266,7 @@ def test_phase_perturb_keeps_magnitude_approximately():
 
 def test_make_view_fn_jit_batch_and_independence():
   x = np.broadcast_to(series(seed=11), (16, 2, L)).copy()  # 16 identical samples
-  names = "flip,amplitude_resize,slope,jitter,window_warp,slice_shuffle"
+  names = "amplitude_resize,slope,jitter"  # the config's default
   view = jax.jit(augment.make_view_fn(names, augment.default_params()))
   out = np.asarray(view(jax.random.PRNGKey(0), x))
   assert out.shape == x.shape and out.dtype == np.float32 and np.all(np.isfinite(out))

@@ -14,14 +14,18 @@ K, N, B = 5, 12, 3
 MASK = K
 
 
+_BASE = 2.0 * np.random.default_rng(42).standard_normal((N, K)).astype(np.float32)
+
+
 def _table_logits_fn(tokens, class_ids):
   """Fake model: a fixed random (N, K) table plus a bonus for token == class id."""
-  base = 2.0 * jax.random.normal(jax.random.key(42), (N, K))
   bonus = 3.0 * jax.nn.one_hot(class_ids, K)[:, None, :]
-  return base[None] + bonus + 0.0 * tokens[..., None]
+  return jnp.asarray(_BASE)[None] + bonus + 0.0 * tokens[..., None]
 
 
+@functools.lru_cache(maxsize=None)
 def _decoder(logits_fn=_table_logits_fn, **kw):
+  """A jitted decoder, cached so that tests share compilations."""
   return jax.jit(functools.partial(sampling.iterative_decode, logits_fn, num_tokens=N,
                                    mask_id=MASK, **kw))
 
@@ -133,14 +137,15 @@ def test_guidance_scales():
   null_id = K - 1  # the fake model's "null class" favours token K - 1
   ids = jnp.array([0, 1, 2], jnp.int32)
   key = jax.random.key(5)
-  kw = dict(num_steps=4, null_class_id=null_id)
-  s0 = _decoder(guidance_scale=0.0, **kw)(key, ids)
-  uncond = _decoder(guidance_scale=1.0, **kw)(key, jnp.full_like(ids, null_id))
+  # A traced scale always takes the guided path: one compilation for every s.
+  guided = jax.jit(lambda key, ids, s: sampling.iterative_decode(
+      _table_logits_fn, key, ids, N, MASK, num_steps=6, guidance_scale=s,
+      null_class_id=null_id, return_history=True))
+  plain = _decoder(num_steps=6, return_history=True)
+  s0, _ = guided(key, ids, 0.0)
+  uncond, _ = plain(key, jnp.full_like(ids, null_id))
   np.testing.assert_array_equal(s0, uncond)  # s = 0: purely unconditional
-  s1 = _decoder(guidance_scale=1.0, **kw)(key, ids)
-  s1_ref = _decoder(guidance_scale=1.0, num_steps=4, null_class_id=None)(key, ids)
-  np.testing.assert_array_equal(s1, s1_ref)
-  strong = np.asarray(_decoder(guidance_scale=20.0, **kw)(key, ids))
+  strong, _ = guided(key, ids, 20.0)
   np.testing.assert_array_equal(strong, np.repeat(np.asarray(ids)[:, None], N, 1))
 
 
@@ -148,7 +153,11 @@ def test_decode_with_tiny_transformer():
   model = maskgit.MaskGITTransformer(codebook_size=K, num_tokens=N, num_classes=2,
                                      hidden_dim=32, n_layers=1, n_heads=2, code_dim=8)
   ids = jnp.array([0, 1, 2], jnp.int32)
-  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((B, N), jnp.int32), ids)
+  # Random parameters of the right shapes, without compiling model.init.
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((B, N), jnp.int32), ids)
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda x: jnp.asarray(0.2 * rng.standard_normal(x.shape), x.dtype),
+                        shapes)
 
   @jax.jit
   def sample(params, key):
@@ -160,3 +169,4 @@ def test_decode_with_tiny_transformer():
   tokens = np.asarray(sample(params, jax.random.key(1)))
   assert tokens.shape == (B, N) and tokens.min() >= 0 and tokens.max() < K
   np.testing.assert_array_equal(sample(params, jax.random.key(1)), tokens)
+  assert not np.array_equal(sample(params, jax.random.key(2)), tokens)

@@ -79,6 +79,16 @@ def _interp(x: Array, pos: Array) -> Array:
   return x[:, lo] * (1 - frac) + x[:, hi] * frac
 
 
+def _normal(key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
+  """N(0, 1) draws of a given shape, drawn flat (much faster to compile under vmap)."""
+  return jax.random.normal(key, (int(np.prod(shape)),), dtype).reshape(shape)
+
+
+def _randint(u: Array, n: int) -> Array:
+  """Integer uniform on [0, n) from u ~ U[0, 1) (int32 scalar or array)."""
+  return jnp.clip(jnp.floor(u * n).astype(jnp.int32), 0, max(n - 1, 0))
+
+
 def _draw_shape(x: Array, per_channel: bool) -> tuple[int, int]:
   """Shape (C or 1, 1) of a per-series (or per-channel) random draw for x (C, L)."""
   return (x.shape[0] if per_channel else 1, 1)
@@ -115,14 +125,14 @@ def flip(key: Array, x: Array, p_time: float = 0.5, p_sign: float = 0.5) -> Arra
   Returns:
     (C, L) series, same dtype.
   """
-  k_time, k_sign = jax.random.split(key)
-  x = jnp.where(jax.random.bernoulli(k_time, p_time), x[:, ::-1], x)
-  return jnp.where(jax.random.bernoulli(k_sign, p_sign), -x, x)
+  u = jax.random.uniform(key, (2,))
+  x = jnp.where(u[0] < p_time, x[:, ::-1], x)
+  return jnp.where(u[1] < p_sign, -x, x)
 
 
 def jitter(key: Array, x: Array, sigma: float = 0.05) -> Array:
   """Additive i.i.d. gaussian noise N(0, sigma^2) on every sample: (C, L) -> (C, L)."""
-  return (x + sigma * jax.random.normal(key, x.shape, x.dtype)).astype(x.dtype)
+  return (x + sigma * _normal(key, x.shape, x.dtype)).astype(x.dtype)
 
 
 def amplitude_resize(key: Array, x: Array, sigma: float = 0.2,
@@ -138,7 +148,7 @@ def amplitude_resize(key: Array, x: Array, sigma: float = 0.2,
   Returns:
     (C, L) series, same dtype.
   """
-  eps = jax.random.normal(key, _draw_shape(x, per_channel), x.dtype)
+  eps = _normal(key, _draw_shape(x, per_channel), x.dtype)
   return (x * (1 + sigma * eps)).astype(x.dtype)
 
 
@@ -155,8 +165,8 @@ def slope(key: Array, x: Array, max_slope: float = 0.005,
   Returns:
     (C, L) series, same dtype.
   """
-  s = jax.random.uniform(key, _draw_shape(x, per_channel), jnp.float32,
-                         minval=-max_slope, maxval=max_slope)
+  u = jax.random.uniform(key, (_draw_shape(x, per_channel)[0],)).reshape(-1, 1)
+  s = max_slope * (2.0 * u - 1.0)
   t = jnp.arange(x.shape[-1], dtype=jnp.float32)
   return (x + s * t).astype(x.dtype)
 
@@ -165,10 +175,12 @@ def window_warp(key: Array, x: Array, ratio: float = 0.4, scale_low: float = 0.9
                 scale_high: float = 2.0) -> Array:
   """Stretches a random window in time, then resamples the whole series back to L.
 
-  A window of ``w = round(ratio * L)`` samples starting at a uniform random position is
-  scaled in time by ``s ~ U(scale_low, scale_high)`` (the warped series has length
-  ``L + w (s - 1)``); the warped series is then linearly resampled to L samples.
-  Implemented as one piecewise-linear map of output positions onto input positions.
+  Viewing the series as a piecewise-linear function on [0, L - 1], the window
+  ``[start, start + w]`` with ``w = round(ratio * L)`` and an integer start uniform in
+  [0, L - 1 - w] is stretched in time by ``s ~ U(scale_low, scale_high)`` (the warped series
+  spans ``L - 1 + w (s - 1)``), and the warped series is linearly resampled at L evenly
+  spaced points. Implemented as one piecewise-linear map of output onto input positions,
+  so the first and last samples are kept.
 
   Args:
     key: PRNG key.
@@ -183,12 +195,13 @@ def window_warp(key: Array, x: Array, ratio: float = 0.4, scale_low: float = 0.9
   w = int(round(ratio * length))
   if w <= 0:
     return x
-  w = min(w, length)
-  k_start, k_scale = jax.random.split(key)
-  start = jax.random.randint(k_start, (), 0, length - w + 1).astype(jnp.float32)
-  s = jax.random.uniform(k_scale, (), jnp.float32, minval=scale_low, maxval=scale_high)
-  warped_len = length + w * (s - 1.0)
-  p = jnp.arange(length, dtype=jnp.float32) * ((warped_len - 1.0) / (length - 1.0))
+  w = min(w, length - 1)
+  u = jax.random.uniform(key, (2,))
+  # The series spans [0, L - 1] in continuous time; the window [start, start + w] fits in it.
+  start = _randint(u[0], length - w).astype(jnp.float32)
+  s = scale_low + (scale_high - scale_low) * u[1]
+  warped_span = (length - 1.0) + w * (s - 1.0)
+  p = jnp.arange(length, dtype=jnp.float32) * (warped_span / (length - 1.0))
   src = jnp.where(p < start, p,
                   jnp.where(p < start + w * s, start + (p - start) / s, p - w * (s - 1.0)))
   return _interp(x, src).astype(x.dtype)
@@ -209,7 +222,7 @@ def magnitude_warp(key: Array, x: Array, sigma: float = 0.2, num_knots: int = 4,
     (C, L) series, same dtype.
   """
   basis = jnp.asarray(_spline_matrix(x.shape[-1], int(num_knots)))  # (L, K)
-  z = jax.random.normal(key, (_draw_shape(x, per_channel)[0], basis.shape[1]), jnp.float32)
+  z = _normal(key, (_draw_shape(x, per_channel)[0], basis.shape[1]))
   curve = 1.0 + sigma * jnp.matmul(z, basis.T, precision=jax.lax.Precision.HIGHEST)
   return (x * curve).astype(x.dtype)
 
@@ -234,7 +247,7 @@ def slice_shuffle(key: Array, x: Array, num_segments: int = 4) -> Array:
     return x
   bounds = np.round(np.linspace(0, length, n + 1)).astype(np.int32)
   starts, lens = jnp.asarray(bounds[:-1]), jnp.asarray(np.diff(bounds))
-  perm = jax.random.permutation(key, n)
+  perm = jnp.argsort(jax.random.uniform(key, (n,)))  # uniform random permutation
   lens_out = lens[perm]
   ends_out = jnp.cumsum(lens_out)
   i = jnp.arange(length)
@@ -261,7 +274,7 @@ def crop_resize(key: Array, x: Array, ratio: float = 0.4) -> Array:
   crop = max(2, min(length, length - int(round(ratio * length))))
   if crop == length:
     return x
-  start = jax.random.randint(key, (), 0, length - crop + 1).astype(jnp.float32)
+  start = _randint(jax.random.uniform(key, ()), length - crop + 1).astype(jnp.float32)
   pos = start + jnp.arange(length, dtype=jnp.float32) * ((crop - 1.0) / (length - 1.0))
   return _interp(x, pos).astype(x.dtype)
 
@@ -300,18 +313,18 @@ def stft_mask_pattern(key: Array, n_freq: int, n_frames: int, p_band: float = 0.
   Returns:
     (F, T) bool array, True where the spectrum is zeroed.
   """
-  k_band, k_bpos, k_block, k_f, k_t = jax.random.split(key, 5)
+  u = jax.random.uniform(key, (5,))  # one draw: cheaper to compile than five
   rows = jnp.arange(n_freq)[:, None]
   cols = jnp.arange(n_frames)[None, :]
   bw = min(int(band_width), n_freq)
-  f0 = jax.random.randint(k_bpos, (), 0, n_freq - bw + 1)
-  band = (rows >= f0) & (rows < f0 + bw) & jax.random.bernoulli(k_band, p_band)
+  f0 = _randint(u[0], n_freq - bw + 1)
+  band = (rows >= f0) & (rows < f0 + bw) & (u[1] < p_band)
   bf = min(int(block_freq), n_freq)
   bt = 0 if block_time_ratio <= 0 else min(n_frames, max(1, round(block_time_ratio * n_frames)))
-  f1 = jax.random.randint(k_f, (), 0, n_freq - bf + 1)
-  t1 = jax.random.randint(k_t, (), 0, n_frames - bt + 1)
+  f1 = _randint(u[2], n_freq - bf + 1)
+  t1 = _randint(u[3], n_frames - bt + 1)
   block = ((rows >= f1) & (rows < f1 + bf) & (cols >= t1) & (cols < t1 + bt)
-           & jax.random.bernoulli(k_block, p_block))
+           & (u[4] < p_block))
   return band | block
 
 
@@ -368,7 +381,7 @@ def phase_perturb(key: Array, x: Array, n_fft: int = 8, hop: int = 0, window: st
   """
   n_freq = n_fft // 2 + 1
   n_frames = stft_lib.num_frames(x.shape[-1], n_fft, hop or None)
-  theta = sigma * jax.random.normal(key, (x.shape[0], n_freq, n_frames), jnp.float32)
+  theta = sigma * _normal(key, (x.shape[0], n_freq, n_frames))
   interior = np.ones((n_freq, 1), bool)
   interior[0] = False
   if n_fft % 2 == 0:

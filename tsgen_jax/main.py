@@ -20,6 +20,27 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _clean(e: Exception) -> str:
+  text = str(e)
+  if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+    text = text[1:-1]
+  text = text.replace("\\'", "'").replace("\\n", " ").replace("\n", " ")
+  return " ".join(text.split())
+
+
+def parse_flags(argv):
+  """absl flag parsing that turns bad flags and config overrides into one-line errors."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {_clean(e)}", file=sys.stderr)
+  except (AttributeError, KeyError) as e:
+    print(f"error: unknown config key in an override: {_clean(e)}", file=sys.stderr)
+  except (ValueError, TypeError, OSError, SyntaxError, ImportError) as e:
+    print(f"error: bad --config or override: {type(e).__name__}: {_clean(e)}", file=sys.stderr)
+  sys.exit(2)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -30,8 +51,14 @@ def main(argv):
   from tsgen_jax.errors import TsgenError
   from tsgen_jax.trainer import Interrupted
   try:
+    cfg = _CONFIG.value
+    cfg.get("seed")  # a config file that failed to load raises here
+  except OSError as e:
+    print(f"error: {_clean(e)}", file=sys.stderr)
+    sys.exit(2)
+  try:
     distributed.initialize()
-    results = run_lib.run(_CONFIG.value, _WORKDIR.value)
+    results = run_lib.run(cfg, _WORKDIR.value)
   except TsgenError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -42,4 +69,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

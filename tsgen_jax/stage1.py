@@ -99,7 +99,7 @@ def make_train_step(model: model_lib.Stage1Model, s1_cfg, tx):
     (_, (metrics, new_ms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     new_state = state.replace(step=state.step + 1, params=params, model_state=new_ms,
                               opt_state=opt_state)
     return new_state, metrics
@@ -127,7 +127,7 @@ def kmeans_init(model, variables, x, key, iters: int):
     if model.vqvae.ema:
       vq_vars = variables["vq"]["vqvae"][name]["vq"]
       vq_vars["codebook"] = centroids
-      vq_vars["embed_sum"] = centroids
+      vq_vars["embed_sum"] = jnp.array(centroids, copy=True)
       vq_vars["cluster_size"] = jnp.ones_like(vq_vars["cluster_size"])
     else:
       variables["params"]["vqvae"][name]["vq"]["codebook"] = centroids

@@ -13,6 +13,6 @@ def numpy_rng(seed_or_key) -> np.random.Generator:
   if isinstance(seed_or_key, (int, np.integer)):
     return np.random.default_rng(int(seed_or_key))
   key = seed_or_key
-  if jax.dtypes.issubdtype(getattr(key, "dtype", None), jax.dtypes.prng_key):
+  if hasattr(key, "dtype") and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
     key = jax.random.key_data(key)
   return np.random.default_rng(np.asarray(key, np.uint32).ravel().tolist())

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import traverse_util
+from scipy import special
 
 from tsgen_jax.errors import CheckpointError
 
@@ -30,7 +31,10 @@ _FORMAT = "tsgen_jax.fcn/1"
 
 
 class FCN(nn.Module):
-  """Fully convolutional classifier. ``__call__(x (B, C, L), train) -> (logits (B, K), features (B, 128))``."""
+  """Fully convolutional classifier.
+
+  ``__call__(x (B, C, L), train) -> (logits (B, K), features (B, 128))``.
+  """
   num_classes: int
   widths: tuple[int, ...] = (128, 256, 128)
   kernel_sizes: tuple[int, ...] = (8, 5, 3)
@@ -91,7 +95,7 @@ class FCNModel:
 
   def probs(self, x: np.ndarray) -> np.ndarray:
     """Softmax class probabilities (N, K) of x (N, C, L)."""
-    return np.asarray(jax.nn.softmax(self.logits(x).astype(np.float64), axis=-1))
+    return special.softmax(self.logits(x).astype(np.float64), axis=-1)
 
   def predict(self, x: np.ndarray) -> np.ndarray:
     """Predicted labels (N,) int32 of x (N, C, L)."""
@@ -159,7 +163,7 @@ def train_fcn(x: np.ndarray, y: np.ndarray, num_classes: int, *, steps: int = 10
 
 
 def save_fcn(model: FCNModel, path: str) -> None:
-  """Writes ``model`` to ``path`` (.npz of '/'-joined variable paths + JSON metadata), atomically."""
+  """Writes ``model`` to ``path`` atomically: .npz of '/'-joined variable paths + JSON metadata."""
   flat = traverse_util.flatten_dict(
       {"params": model.params, "batch_stats": model.batch_stats}, sep="/")
   arrays = {k: np.asarray(v) for k, v in flat.items()}
@@ -191,10 +195,11 @@ def load_fcn(path: str) -> FCNModel:
 
 def cached_fcn(cache_dir: str, dataset_key: str, seed: int, x: np.ndarray, y: np.ndarray,
                num_classes: int, steps: int) -> FCNModel:
-  """The FCN at ``cache_dir/fcn_{dataset_key}_seed{seed}_steps{steps}.npz``, trained and saved if absent.
+  """The FCN cached at ``cache_dir/fcn_{dataset_key}_seed{seed}_steps{steps}.npz``.
 
-  Every variant scored on a dataset thus uses the same network. x (N, C, L), y (N,) are the
-  real training split; a cached file with a different K or (C, L) raises CheckpointError.
+  Trained on x (N, C, L), y (N,) (the real training split) and saved there if absent, so every
+  variant scored on a dataset uses the same network. A cached file with a different K or (C, L)
+  raises CheckpointError. Characters other than [A-Za-z0-9_.-] in dataset_key become '_'.
   """
   key = re.sub(r"[^A-Za-z0-9_.-]", "_", dataset_key)
   path = os.path.join(cache_dir, f"fcn_{key}_seed{seed}_steps{steps}.npz")

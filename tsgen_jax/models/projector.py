@@ -13,9 +13,10 @@ group whitening all D features jointly) when D < num_groups. Per group, in train
   y = xc W^T
 
 P_T converges to S_N^{-1/2}, so W to S^{-1/2} (ZCA whitening); with T = 5 it is only an
-approximation that whitens the dominant directions most. The running mean and running W
-(``batch_stats``: 'mean' (D,), 'whitening' (G, D/G, D/G), initialised to 0 and I) are
-updated as ``r <- (1 - momentum) r + momentum * batch_value`` (PyTorch convention, so
+approximation that whitens the dominant directions most. The iteration is evaluated in its
+numerically stable coupled form (see :func:`newton_schulz_whitening`). The running mean and
+running W (``batch_stats``: 'mean' (D,), 'whitening' (G, D/G, D/G), initialised to 0 and I)
+are updated as ``r <- (1 - momentum) r + momentum * batch_value`` (PyTorch convention, so
 momentum 0.1) and used when ``train=False``. Gradients flow through mu, S and the
 iterations. Everything is computed in float32. With ``axis_name`` set, the mean and S are
 averaged over that mapped axis (equal shard sizes assumed).
@@ -78,14 +79,22 @@ def newton_schulz_whitening(cov: Array, num_iters: int) -> Array:
 
   Returns:
     (..., d, d) whitening matrices P_T / sqrt(tr(S)), approximately S^{-1/2}.
+
+  The iterates are those of ``P_{k+1} = 1.5 P_k - 0.5 P_k^3 S_N`` (P_0 = I, S_N = S / tr S),
+  computed in the coupled form ``T = 1.5 I - 0.5 P_k Y_k, Y_{k+1} = Y_k T, P_{k+1} = T P_k``
+  (Y_0 = S_N), identical in exact arithmetic (all iterates are polynomials in S_N) but
+  numerically stable: the uncoupled recursion amplifies rounding errors once cond(S) > 9
+  and diverges after ~10-15 iterations.
   """
   d = cov.shape[-1]
+  eye = jnp.eye(d, dtype=cov.dtype)
   trace = jnp.trace(cov, axis1=-2, axis2=-1)[..., None, None]
-  cov_n = cov / trace
-  p = jnp.broadcast_to(jnp.eye(d, dtype=cov.dtype), cov.shape)
+  y = cov / trace  # Y_k = S_N P_k
+  p = jnp.broadcast_to(eye, cov.shape)
   mm = lambda a, b: jnp.matmul(a, b, precision=_HIGHEST)
   for _ in range(num_iters):
-    p = 1.5 * p - 0.5 * mm(mm(mm(p, p), p), cov_n)
+    t = 1.5 * eye - 0.5 * mm(p, y)  # = 1.5 I - 0.5 P_k^2 S_N
+    y, p = mm(y, t), mm(t, p)  # p = 1.5 P_k - 0.5 P_k^3 S_N
   return p * jax.lax.rsqrt(trace)
 
 

@@ -1,0 +1,54 @@
+"""Shared test helpers. Tests run on CPU; the real UCR archive is optional."""
+
+import os
+
+import pytest
+
+_DEFAULT_UCR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "ucr",
+                            "UCRArchive_2018")
+
+
+def real_ucr_dir() -> str:
+  """``$TSGEN_UCR_DIR`` or the shared archive next to the checkout, or '' if neither exists."""
+  path = os.environ.get("TSGEN_UCR_DIR") or _DEFAULT_UCR
+  return os.path.abspath(path) if os.path.isdir(path) else ""
+
+
+@pytest.fixture
+def ucr_archive():
+  """Path of the real UCR archive; skips the test when it is not available."""
+  path = real_ucr_dir()
+  if not path:
+    pytest.skip("real UCR archive not found: set TSGEN_UCR_DIR or place it at "
+                "../shared/ucr/UCRArchive_2018")
+  return path
+
+
+def tiny_config(**overrides):
+  """The base config shrunk so a train step compiles and runs in well under a second."""
+  from tsgen_jax.config import base_config
+  c = base_config()
+  c.stage1.dim = 16
+  c.stage1.n_resnet_blocks = 1
+  c.stage1.batch_size = 16
+  c.stage1.num_steps = 10
+  c.stage1.log_every = 5
+  c.stage1.checkpoint_every = 5
+  c.stage1.vq.codebook_size = 8
+  c.stage1.ssl.proj_dim = 64
+  c.stage1.ssl.iternorm_groups = 8
+  c.stage2.hidden_dim = 32
+  c.stage2.n_layers = 1
+  c.stage2.batch_size = 16
+  c.stage2.num_steps = 10
+  c.stage2.log_every = 5
+  c.stage2.checkpoint_every = 5
+  c.sample.num_samples = 12
+  c.sample.batch_size = 12
+  for key, value in overrides.items():
+    node = c
+    parts = key.split(".")
+    for p in parts[:-1]:
+      node = node[p]
+    node[parts[-1]] = value
+  return c

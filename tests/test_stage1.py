@@ -1,0 +1,159 @@
+"""Stage-1 model and training: shapes, learning, resume, sharding, evaluation."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from tsgen_jax import run as run_lib
+from tsgen_jax import sharding, stage1, trainer
+from tsgen_jax.data import BatchStream, load_dataset
+from tsgen_jax.models import stage1 as stage1_model
+from tsgen_jax.models.vqvae import VQVAE
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("length,lfhf", [(128, False), (101, True), (60, False)])
+def test_vqvae_shapes_and_exact_length(length, lfhf):
+  m = VQVAE(num_channels=2, length=length, dim=8, n_resnet_blocks=1, codebook_size=8,
+            lfhf=lfhf)
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 2, length)), jnp.float32)
+  v = m.init({"params": jax.random.key(0)}, x)
+  out = m.apply(v, x)
+  assert out["x_hat"].shape == (3, 2, length)
+  grids = m.token_grids()
+  toks = m.apply(v, x, method="tokenize")
+  for name in m.branch_names:
+    assert toks[name].shape == (3, *grids[name])
+    assert toks[name].dtype == jnp.int32
+  assert sum(h for h, _ in grids.values()) == 5  # every STFT row belongs to one branch
+  rec = m.apply(v, toks, method="decode_tokens")
+  np.testing.assert_allclose(np.asarray(rec), np.asarray(out["x_hat"]), atol=1e-5)
+
+
+def test_token_width_default_gives_40_tokens_for_cbf():
+  m = VQVAE(num_channels=1, length=128)
+  assert m.token_grids() == {"main": (5, 8)}
+
+
+class _KilledAt(BatchStream):
+  """A batch stream that dies (like a killed process) when asked for batch ``kill_step``."""
+  kill_step = None
+
+  def host_batch(self, step):
+    if step == self.kill_step:
+      raise RuntimeError("killed")
+    return super().host_batch(step)
+
+
+def _train(cfg, workdir, num_steps, kill_step=None):
+  ds = load_dataset(cfg.dataset, cfg.stft.n_fft)
+  cfg.stage1.num_steps = num_steps
+  mesh = sharding.make_mesh()
+  model, state, tx = run_lib.stage1_setup(cfg, ds)
+  stream = _KilledAt(ds.train, cfg.stage1.batch_size, cfg.seed, sharding.data_sharding(mesh))
+  stream.kill_step = kill_step
+  step = stage1.make_train_step(model, cfg.stage1, tx)
+  return trainer.run(run_lib.loop_config(cfg, str(workdir), "stage1", cfg.stage1), state, step,
+                     stream, mesh)
+
+
+def test_loss_decreases_over_50_steps_on_cbf(tmp_path):
+  cfg = tiny_config(**{"stage1.log_every": 1, "stage1.checkpoint_every": 50})
+  _train(cfg, tmp_path, 50)
+  rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  loss = np.array([r["loss"] for r in rows])
+  assert len(loss) == 50 and rows[0]["stage"] == "stage1"
+  assert loss[-10:].mean() < 0.6 * loss[:5].mean()
+
+
+def test_resume_gives_identical_parameters(tmp_path):
+  cfg = tiny_config(**{"stage1.checkpoint_every": 3})
+  full = _train(cfg, tmp_path / "full", 6)
+  with pytest.raises(RuntimeError, match="killed"):
+    _train(cfg, tmp_path / "part", 6, kill_step=4)
+  assert sorted(os.listdir(tmp_path / "part" / "checkpoints" / "stage1")) == ["3", "config.json"]
+  resumed = _train(cfg, tmp_path / "part", 6)
+  assert int(resumed.step) == 6
+  for a, b in zip(jax.tree.leaves((full.params, full.model_state)),
+                  jax.tree.leaves((resumed.params, resumed.model_state))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_resume_with_different_config_is_an_error(tmp_path):
+  from tsgen_jax.errors import ConfigError
+  _train(tiny_config(), tmp_path, 2)
+  with pytest.raises(ConfigError, match=r"stage1\.lr: 0\.001 -> 0\.5"):
+    _train(tiny_config(**{"stage1.lr": 0.5}), tmp_path, 4)
+
+
+@pytest.mark.parametrize("variant", ["ema_kmeans", "codebook_loss_lfhf"])
+def test_variants_train(tmp_path, variant):
+  over = {"stage1.vq.kmeans_init": True} if variant == "ema_kmeans" else \
+      {"stage1.vq.ema": False, "stage1.lfhf": True}
+  cfg = tiny_config(**over, **{"run": "stage1,eval_stage1"})
+  res = run_lib.run(cfg, str(tmp_path))["stage1"]
+  assert res["num_steps"] == 10
+  key = "recon_mse"
+  assert np.isfinite(res[key])
+
+
+def test_eval_stage1_writes_results_and_plots(tmp_path):
+  cfg = tiny_config(run="stage1,eval_stage1")
+  res = run_lib.run(cfg, str(tmp_path))["stage1"]
+  for key in ("recon_mse", "tf_mse", "perplexity", "codebook_usage", "probe_svm_acc",
+              "probe_knn_acc", "probe_svm_acc_q", "probe_knn_acc_q"):
+    assert key in res and np.isfinite(res[key]), key
+  assert 1.0 <= res["perplexity"] <= 8 and 0 < res["codebook_usage"] <= 1
+  for name in ("stage1_reconstructions.png", "stage1_codebook_usage.png",
+               "stage1_latent_pca.png"):
+    assert os.path.getsize(tmp_path / "plots" / name) > 1000
+  saved = json.load(open(tmp_path / "config.json"))
+  assert saved["stage1"]["dim"] == 16
+  tb = os.listdir(tmp_path / "tensorboard" / "stage1")
+  assert tb and tb[0].startswith("events.out.tfevents")
+
+
+SHARDED_SCRIPT = textwrap.dedent("""
+    import os, sys, json
+    sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
+    import jax, numpy as np
+    from conftest import tiny_config
+    from tsgen_jax import run as run_lib, sharding, stage1, trainer
+    from tsgen_jax.data import BatchStream, load_dataset
+    assert jax.device_count() == 8, jax.devices()
+    cfg = tiny_config(**{{"stage1.ssl.method": {method!r}, "stage1.ssl.weight": 1.0}})
+    ds = load_dataset(cfg.dataset, 8)
+    out = {{}}
+    for n in (1, 8):
+      mesh = sharding.make_mesh(devices=jax.devices()[:n])
+      model, state, tx = run_lib.stage1_setup(cfg, ds)
+      state = sharding.replicate_tree(state, mesh)
+      stream = BatchStream(ds.train, 16, 0, sharding.data_sharding(mesh))
+      fn = trainer.compile_step(stage1.make_train_step(model, cfg.stage1, tx), mesh, state)
+      for s in range(2):
+        state, m = fn(state, stream.device_batch(s), jax.random.key(s))
+      out[n] = (float(m["loss"]), [np.asarray(a) for a in jax.tree.leaves(state.params)])
+    assert abs(out[1][0] - out[8][0]) < 1e-5 * max(1, abs(out[1][0])), (out[1][0], out[8][0])
+    worst = max(float(np.max(np.abs(a - b))) for a, b in zip(out[1][1], out[8][1]))
+    assert worst < 1e-5, worst
+    print("OK", out[1][0], out[8][0], worst)
+""")
+
+
+@pytest.mark.parametrize("method", ["none"])
+def test_sharded_step_matches_single_device(method):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  script = SHARDED_SCRIPT.format(repo=REPO, tests=os.path.join(REPO, "tests"), method=method)
+  r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                     timeout=600)
+  assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr[-3000:]
