@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from tsgen_jax import augment as augment_lib
 from tsgen_jax.errors import ConfigError
 
 ALL_STAGES = ("stage1", "eval_stage1", "stage2", "sample", "eval_stage2")
@@ -74,12 +75,14 @@ def base_config() -> ml_collections.ConfigDict:
   ssl.pooling = "avg+max"  # 'avg' | 'max' | 'avg+max'
   ssl.aug_recon_weight = 0.0  # reconstruct the augmented view too (NC-VQVAE: 0.1)
   ssl.barlow_lambda = 5e-3
+  ssl.barlow_per_dim = True  # divide the Barlow Twins loss by D (NC-VQVAE's convention)
   ssl.vib_lambda = 25.0
   ssl.vib_mu = 25.0
   ssl.vib_nu = 100.0
   ssl.iternorm_groups = 64
   ssl.iternorm_iters = 5
   ssl.augmentations = "amplitude_resize,slope,jitter"  # comma-separated, see augment.py
+  ssl.aug = augment_lib.default_params()  # per-augmentation parameters
   s1.checkpoint_every = 200
   s1.keep_checkpoints = 3
   s1.log_every = 20

@@ -32,7 +32,10 @@ def ssl_loss_fn(ssl_cfg):
     return None
   from tsgen_jax import losses
   if ssl_cfg.method == "barlowtwins":
-    return functools.partial(losses.barlow_twins_loss, lambda_offdiag=ssl_cfg.barlow_lambda)
+    loss = functools.partial(losses.barlow_twins_loss, lambda_offdiag=ssl_cfg.barlow_lambda)
+    if ssl_cfg.barlow_per_dim:
+      return lambda z1, z2: loss(z1, z2) / z1.shape[-1]
+    return loss
   if ssl_cfg.method == "vibcreg":
     return functools.partial(losses.vibcreg_loss, lam=ssl_cfg.vib_lambda, mu=ssl_cfg.vib_mu,
                              nu=ssl_cfg.vib_nu)
@@ -42,8 +45,7 @@ def ssl_loss_fn(ssl_cfg):
 def view_fn(ssl_cfg):
   """The augmentation pipeline making one view: ``(key, x (B, C, L)) -> (B, C, L)``."""
   from tsgen_jax import augment
-  params = ssl_cfg.get("aug", None) or augment.default_params()
-  return augment.make_view_fn(ssl_cfg.augmentations, params)
+  return augment.make_view_fn(ssl_cfg.augmentations, ssl_cfg.aug)
 
 
 def compute_loss(out, x, branch_names, s1_cfg, ssl_fn=None):

@@ -43,19 +43,19 @@ def _bn(train):
 
 
 class ResBlock(nn.Module):
-  """x + conv3x3(LeakyReLU(BN(conv3x3(x)))), followed by BN.
+  """TimeVQVAE's residual block: x + conv1x1(LReLU(BN(conv3x3(LReLU(x))))), then BN.
 
-  Convolutions followed by BatchNorm carry no bias: BN removes it anyway, and a parameter
-  with an exactly-zero gradient would only turn float noise into Adam-sized updates.
+  The 3x3 convolution, followed by BatchNorm, carries no bias: BN removes it anyway, and a
+  parameter with an exactly-zero gradient would only turn float noise into Adam-sized updates.
   """
   dim: int
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
-    h = nn.Conv(self.dim, (3, 3), padding=1, use_bias=False, dtype=self.dtype)(x)
+    h = nn.Conv(self.dim, (3, 3), padding=1, use_bias=False, dtype=self.dtype)(nn.leaky_relu(x))
     h = nn.leaky_relu(_bn(train)(h))
-    h = nn.Conv(self.dim, (3, 3), padding=1, use_bias=False, dtype=self.dtype)(h)
+    h = nn.Conv(self.dim, (1, 1), dtype=self.dtype)(h)
     return _bn(train)(x + h)
 
 
@@ -78,12 +78,13 @@ class Encoder(nn.Module):
 
 
 class UpsampleTime(nn.Module):
-  """Doubles the time axis: a (3, 3) conv to ``2 * features`` channels, interleaved in time.
+  """A transposed convolution with kernel (3, 4), stride (1, 2), padding (1, 1) (PyTorch
+  convention: the time axis doubles), written as two (3, 2) convolutions, one per output
+  phase, interleaved in time.
 
-  This sub-pixel form spans the same inputs per output as a transposed conv with kernel
-  (3, 4) and stride (1, 2) (each output phase sees 3 neighbouring input frames), but avoids
-  the dilated-input convolution whose gradient XLA:CPU runs ~100x slower.
-  (B, H, W, C) -> (B, H, 2W, features).
+  Output frame 2i reads input frames (i-1, i) and frame 2i+1 reads (i, i+1): the same
+  arithmetic as the transposed conv, without the dilated-input convolution whose gradient
+  XLA:CPU runs ~100x slower. (B, H, W, C) -> (B, H, 2W, features).
   """
   features: int
   use_bias: bool = True
@@ -91,10 +92,12 @@ class UpsampleTime(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    y = nn.Conv(2 * self.features, (3, 3), padding=1, use_bias=self.use_bias,
-                dtype=self.dtype)(x)
-    b, h, w, _ = y.shape
-    return y.reshape(b, h, w, 2, self.features).reshape(b, h, 2 * w, self.features)
+    conv = lambda pad, name: nn.Conv(self.features, (3, 2), padding=((1, 1), pad),  # noqa
+                                     use_bias=self.use_bias, dtype=self.dtype, name=name)
+    even = conv((1, 0), "even")(x)
+    odd = conv((0, 1), "odd")(x)
+    b, h, w, c = even.shape
+    return jnp.stack([even, odd], axis=3).reshape(b, h, 2 * w, c)
 
 
 class Decoder(nn.Module):
