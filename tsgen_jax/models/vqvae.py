@@ -45,8 +45,9 @@ def _bn(train):
 class ResBlock(nn.Module):
   """TimeVQVAE's residual block: x + conv1x1(LReLU(BN(conv3x3(LReLU(x))))), then BN.
 
-  The 3x3 convolution, followed by BatchNorm, carries no bias: BN removes it anyway, and a
-  parameter with an exactly-zero gradient would only turn float noise into Adam-sized updates.
+  Neither convolution carries a bias (both are followed by BatchNorm): BN removes it anyway,
+  and a parameter with an exactly-zero gradient would only turn float noise into Adam-sized
+  updates (and break sharded == unsharded).
   """
   dim: int
   dtype: Any = jnp.float32
@@ -55,7 +56,7 @@ class ResBlock(nn.Module):
   def __call__(self, x, train: bool):
     h = nn.Conv(self.dim, (3, 3), padding=1, use_bias=False, dtype=self.dtype)(nn.leaky_relu(x))
     h = nn.leaky_relu(_bn(train)(h))
-    h = nn.Conv(self.dim, (1, 1), dtype=self.dtype)(h)
+    h = nn.Conv(self.dim, (1, 1), use_bias=False, dtype=self.dtype)(h)
     return _bn(train)(x + h)
 
 
