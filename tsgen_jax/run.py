@@ -104,9 +104,97 @@ def run_eval_stage1(ctx: Context):
   return results
 
 
+# -- stage 2 ----------------------------------------------------------------------------------
+
+def stage2_setup(cfg, dataset: Dataset, stage1_model, stage1_vars):
+  """(priors, specs, fresh state, optimiser) for stage 2."""
+  from tsgen_jax import stage2 as stage2_lib
+  specs = stage2_lib.prior_specs(stage1_model)
+  priors = stage2_lib.build_priors(cfg, stage1_model, dataset.num_classes)
+  codebooks = stage1_model.apply(stage1_vars, method="codebooks")
+  state, tx = stage2_lib.init_state(cfg, priors, specs, codebooks,
+                                    jax.random.fold_in(jax.random.key(cfg.seed), 2))
+  return priors, specs, state, tx
+
+
+def run_stage2(ctx: Context):
+  from tsgen_jax import stage2 as stage2_lib
+  cfg = ctx.cfg
+  s1_model, s1_vars = load_stage1(cfg, ctx.workdir, ctx.dataset)
+  x_train, y_train = ctx.dataset.train.arrays()
+  tokens = stage2_lib.encode_tokens(s1_model, s1_vars, x_train)
+  priors, specs, state, tx = stage2_setup(cfg, ctx.dataset, s1_model, s1_vars)
+  stream = BatchStream(stage2_lib.TokenSplit(tokens, y_train), cfg.stage2.batch_size, cfg.seed,
+                       sharding.data_sharding(ctx.mesh))
+  step = stage2_lib.make_train_step(priors, specs, cfg.stage2, ctx.dataset.num_classes, tx)
+  state = trainer.run(loop_config(cfg, ctx.workdir, "stage2", cfg.stage2), state, step, stream,
+                      ctx.mesh)
+  wd.update_results(ctx.workdir, "stage2", {"num_steps": int(state.step)})
+
+
+def load_stage2(ctx: Context):
+  """(sampler inputs) of the trained models: stage-1 model/vars, priors, specs, params."""
+  cfg = ctx.cfg
+  s1_model, s1_vars = load_stage1(cfg, ctx.workdir, ctx.dataset)
+  priors, specs, state, _ = stage2_setup(cfg, ctx.dataset, s1_model, s1_vars)
+  directory = os.path.join(ctx.workdir, "checkpoints", "stage2")
+  ckpt = ckpt_lib.Checkpointer(directory)
+  if ckpt.latest_step() is None:
+    raise CheckpointError(f"no stage-2 checkpoint in {directory}: run the 'stage2' stage first "
+                          "(--config.run=stage2)")
+  _, state = ckpt.restore(state)
+  ckpt.close()
+  return s1_model, s1_vars, priors, specs, state.params
+
+
+def run_sample(ctx: Context):
+  from tsgen_jax import plots
+  from tsgen_jax import stage2 as stage2_lib
+  cfg, sm = ctx.cfg, ctx.cfg.sample
+  k = ctx.dataset.num_classes
+  if sm.class_label != -1 and not (k > 0 and 0 <= sm.class_label < k):
+    raise ConfigError(f"sample.class_label={sm.class_label} is out of range: expected -1 (all "
+                      f"classes) or 0..{k - 1}" if k else
+                      f"sample.class_label={sm.class_label}: the data is unlabeled; use -1")
+  s1_model, s1_vars, priors, specs, params = load_stage2(ctx)
+  sampler = stage2_lib.make_sampler(priors, specs, s1_model, sm, k)
+  _, y_train = ctx.dataset.train.arrays()
+  ids = stage2_lib.class_ids_for(sm.num_samples, sm.class_label, y_train, k, cfg.seed)
+  x, _ = stage2_lib.generate(sampler, params, s1_vars, ids, sm.batch_size,
+                             jax.random.fold_in(jax.random.key(cfg.seed), 3))
+  if sm.original_scale:
+    x = ctx.dataset.stats.mean + ctx.dataset.stats.std * x
+  y = ids if k else np.full(len(ids), -1, np.int32)
+  if jax.process_index() == 0:
+    tmp = os.path.join(ctx.workdir, "samples.tmp.npz")
+    np.savez(tmp, x=x.astype(np.float32), y=y.astype(np.int32))
+    os.replace(tmp, os.path.join(ctx.workdir, "samples.npz"))
+    for c in (sorted(set(y.tolist())) if k else [-1]):
+      name = f"samples_class{c}.png" if k else "samples.png"
+      plots.series_grid(x[y == c], f"generated, class {c}" if k else "generated",
+                        os.path.join(ctx.workdir, "plots", name))
+  wd.update_results(ctx.workdir, "sample", {"num_samples": int(len(x)),
+                                            "guidance_scale": float(sm.guidance_scale)})
+
+
+def run_eval_stage2(ctx: Context):
+  from tsgen_jax import eval_stage2
+  from tsgen_jax import stage2 as stage2_lib
+  cfg = ctx.cfg
+  s1_model, s1_vars, priors, specs, params = load_stage2(ctx)
+  sampler = stage2_lib.make_sampler(priors, specs, s1_model, cfg.sample,
+                                    ctx.dataset.num_classes)
+  fn = eval_stage2.make_sample_fn(sampler, params, s1_vars, cfg.sample.batch_size, cfg.seed)
+  results = eval_stage2.evaluate(cfg, ctx.dataset, fn, ctx.workdir)
+  wd.update_results(ctx.workdir, "stage2", results)
+
+
 STAGES = {
     "stage1": run_stage1,
     "eval_stage1": run_eval_stage1,
+    "stage2": run_stage2,
+    "sample": run_sample,
+    "eval_stage2": run_eval_stage2,
 }
 
 

@@ -37,7 +37,7 @@ def batch_indices(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:
 
 
 class BatchStream:
-  """Global batches ``{'x': (B, C, L) float32, 'y': (B,) int32}`` for steps start, start+1, ...
+  """Global batches ``{"x": (B, ...) rows of the split, "y": (B,) int32}`` for successive steps.
 
   Unlabeled splits give ``y`` = 0. Iterating prefetches the next batch on a thread.
   """
@@ -62,7 +62,7 @@ class BatchStream:
     idx = idx[jax.process_index() * per:(jax.process_index() + 1) * per]
     x, y = self.split.take(idx)
     y = np.zeros(len(idx), np.int32) if y is None else y.astype(np.int32)
-    return {"x": x.astype(np.float32), "y": y}
+    return {"x": x, "y": y}
 
   def device_batch(self, step: int) -> dict[str, jax.Array]:
     """Global batch ``step`` as jax arrays with the data sharding (or default placement)."""

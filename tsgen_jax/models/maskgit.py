@@ -89,6 +89,8 @@ class MaskGITTransformer(nn.Module):
   ff_mult: int = 1
   dropout: float = 0.0
   code_dim: int = 64
+  num_prefix_tokens: int = 0  # conditioning tokens (e.g. LF tokens for the HF prior)
+  prefix_vocab: int = 0
   dtype: Any = jnp.float32
 
   @property
@@ -103,13 +105,16 @@ class MaskGITTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: jax.Array, class_ids: jax.Array,
-               train: bool = False) -> jax.Array:
+               train: bool = False, prefix: jax.Array | None = None) -> jax.Array:
     """Logits over the codebook for every token position.
 
     Args:
       tokens: int (B, N) in [0, K]; the value K = ``codebook_size`` is [MASK].
       class_ids: int (B,) in [0, C]; the value C = ``num_classes`` is the null class.
       train: enables dropout (needs a 'dropout' rng when ``dropout > 0``).
+      prefix: int (B, P) conditioning tokens in [0, prefix_vocab), never masked and never
+        predicted (TimeVQVAE's HF prior sees the LF tokens this way); required iff
+        ``num_prefix_tokens > 0``.
 
     Returns:
       float32 logits (B, N, K).
@@ -124,15 +129,23 @@ class MaskGITTransformer(nn.Module):
     tok = nn.Dense(self.hidden_dim, dtype=self.dtype, name="token_proj")(tok)
     cls = nn.Embed(self.num_classes + 1, self.hidden_dim, embedding_init=_EMBED_INIT,
                    name="class_embed")(class_ids.astype(jnp.int32))
-    x = jnp.concatenate([cls[:, None, :], tok.astype(jnp.float32)], axis=1)  # (B, N+1, H)
-    pos = self.param("pos_embed", _EMBED_INIT, (self.num_tokens + 1, self.hidden_dim))
+    parts = [cls[:, None, :]]
+    if self.num_prefix_tokens:
+      pre = nn.Embed(self.prefix_vocab, self.code_dim, embedding_init=_EMBED_INIT,
+                     name="prefix_embed")(prefix.astype(jnp.int32))
+      parts.append(nn.Dense(self.hidden_dim, dtype=self.dtype, name="prefix_proj")(pre)
+                   .astype(jnp.float32))
+    parts.append(tok.astype(jnp.float32))
+    x = jnp.concatenate(parts, axis=1)  # (B, 1 + P + N, H)
+    n_ctx = 1 + self.num_prefix_tokens
+    pos = self.param("pos_embed", _EMBED_INIT, (self.num_tokens + n_ctx, self.hidden_dim))
     x = nn.Dropout(self.dropout, deterministic=not train)(x + pos[None])
 
     for i in range(self.n_layers):
       x = TransformerBlock(self.hidden_dim, self.n_heads, self.ff_mult, self.dropout,
                            dtype=self.dtype, name=f"block_{i}")(x, train=train)
 
-    x = nn.RMSNorm(name="out_norm")(x[:, 1:])
+    x = nn.RMSNorm(name="out_norm")(x[:, n_ctx:])
     logits = nn.Dense(self.codebook_size, dtype=self.dtype, name="head")(x)
     return logits.astype(jnp.float32)
 

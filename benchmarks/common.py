@@ -1,0 +1,122 @@
+"""Shared timing helpers for the benchmark scripts.
+
+Every timed figure is the median of ``iters`` (>= 20) calls after warm-up, each ended with
+``block_until_ready``. FLOPs come from XLA's cost analysis of the compiled function.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DEFAULT_ITERS = 20
+
+
+def maxrss_mb() -> float:
+  """Peak resident set size of this process so far, MiB."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def compile_fn(jitted, *args):
+  """(compiled, compile seconds, flops or None, memory dict) of ``jitted`` at ``args``."""
+  t0 = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  compile_s = time.perf_counter() - t0
+  flops = None
+  try:
+    ca = compiled.cost_analysis()
+    if isinstance(ca, (list, tuple)):
+      ca = ca[0] if ca else None
+    if ca and "flops" in ca:
+      flops = float(ca["flops"])
+  except Exception:  # noqa: BLE001 - cost analysis is best effort
+    pass
+  mem = {}
+  try:
+    ma = compiled.memory_analysis()
+    mem = {"temp_mb": ma.temp_size_in_bytes / 2**20,
+           "argument_mb": ma.argument_size_in_bytes / 2**20,
+           "output_mb": ma.output_size_in_bytes / 2**20}
+    mem["peak_mb"] = mem["temp_mb"] + mem["argument_mb"] + mem["output_mb"]
+  except Exception:  # noqa: BLE001
+    pass
+  return compiled, compile_s, flops, mem
+
+
+def time_calls(call, iters: int = DEFAULT_ITERS, warmup: int = 2):
+  """Times ``call()`` (which must block) ``iters`` times after ``warmup``; list of ms."""
+  for _ in range(warmup):
+    call()
+  out = []
+  for _ in range(iters):
+    t0 = time.perf_counter()
+    call()
+    out.append((time.perf_counter() - t0) * 1e3)
+  return out
+
+
+def row(name: str, times_ms, flops=None, compile_s=None, mem=None, peak_gflops=None, **extra):
+  """A results.json row from timings and optional compile-time figures."""
+  med = statistics.median(times_ms)
+  r = {"name": name, "median_ms": round(med, 3), "min_ms": round(min(times_ms), 3),
+       "max_ms": round(max(times_ms), 3), "iters": len(times_ms)}
+  if flops:
+    r["gflop"] = round(flops / 1e9, 4)
+    r["gflops_per_s"] = round(flops / 1e9 / (med / 1e3), 2)
+    if peak_gflops:
+      r["fraction_of_peak"] = round(r["gflops_per_s"] / peak_gflops, 4)
+  if compile_s is not None:
+    r["compile_s"] = round(compile_s, 2)
+  if mem:
+    r["peak_mem_mb"] = round(mem.get("peak_mb", 0.0), 1)
+  r["maxrss_mb"] = round(maxrss_mb(), 1)
+  r.update(extra)
+  return r
+
+
+def bench_stateful(name, jitted, state, args, iters=DEFAULT_ITERS, peak_gflops=None, **extra):
+  """Times a donated-state step ``state, out = f(state, *args)``; returns a row."""
+  compiled, compile_s, flops, mem = compile_fn(jitted, state, *args)
+  holder = [state]
+
+  def call():
+    holder[0], out = compiled(holder[0], *args)
+    jax.block_until_ready((holder[0], out))
+
+  times = time_calls(call, iters)
+  return row(name, times, flops, compile_s, mem, peak_gflops, **extra)
+
+
+def bench_pure(name, jitted, args, iters=DEFAULT_ITERS, peak_gflops=None, **extra):
+  """Times a pure jitted function of ``args``; returns (row, median ms)."""
+  compiled, compile_s, flops, mem = compile_fn(jitted, *args)
+
+  def call():
+    jax.block_until_ready(compiled(*args))
+
+  times = time_calls(call, iters)
+  return row(name, times, flops, compile_s, mem, peak_gflops, **extra)
+
+
+def matmul_peak(n: int = 2048, iters: int = DEFAULT_ITERS):
+  """Row for an n^3 float32 jnp.dot; its gflops_per_s is this machine's reference peak."""
+  k1, k2 = jax.random.split(jax.random.key(0))
+  a = jax.random.normal(k1, (n, n), jnp.float32)
+  b = jax.random.normal(k2, (n, n), jnp.float32)
+  f = jax.jit(jnp.dot)
+  r = bench_pure(f"matmul_f32_{n}", f, (a, b), iters=iters)
+  r["gflop"] = round(2 * n ** 3 / 1e9, 4)
+  r["gflops_per_s"] = round(2 * n ** 3 / 1e9 / (r["median_ms"] / 1e3), 2)
+  r["fraction_of_peak"] = 1.0
+  return r
+
+
+def random_batch(b, c, length, seed=0):
+  return {"x": jnp.asarray(np.random.default_rng(seed).standard_normal((b, c, length)),
+                           jnp.float32),
+          "y": jnp.zeros((b,), jnp.int32)}

@@ -1,0 +1,69 @@
+"""Stage-1 train steps (plain, Barlow Twins, VIbCReg, LF+HF) through the real code path:
+``run.stage1_setup`` -> ``stage1.make_train_step`` -> ``trainer.compile_step``.
+The SSL rows include the augmentation (it runs inside the jitted step)."""
+
+from __future__ import annotations
+
+import jax
+
+from benchmarks import common
+from tsgen_jax import run as run_lib
+from tsgen_jax import sharding, stage1, trainer
+from tsgen_jax.config import base_config
+from tsgen_jax.data import load_dataset
+
+VARIANTS = ("plain", "barlowtwins", "vibcreg", "lfhf")
+
+
+def make_config(variant: str, batch: int, length: int = 128, matmul_dtype="float32"):
+  cfg = base_config()
+  cfg.dataset.length = length
+  cfg.dataset.num_train = 64
+  cfg.dataset.num_test = 8
+  cfg.stage1.batch_size = batch
+  cfg.stage1.matmul_dtype = matmul_dtype
+  if variant in ("barlowtwins", "vibcreg"):
+    cfg.stage1.ssl.method = variant
+    cfg.stage1.ssl.weight = 1.0 if variant == "barlowtwins" else 0.01
+  if variant == "lfhf":
+    cfg.stage1.lfhf = True
+  return cfg
+
+
+def build(variant: str, batch: int, length: int = 128, matmul_dtype="float32"):
+  """(jitted step, state, (batch, rng)) for one stage-1 variant."""
+  cfg = make_config(variant, batch, length, matmul_dtype)
+  ds = load_dataset(cfg.dataset, cfg.stft.n_fft)
+  mesh = sharding.make_mesh()
+  model, state, tx = run_lib.stage1_setup(cfg, ds)
+  step = stage1.make_train_step(model, cfg.stage1, tx)
+  state = sharding.replicate_tree(state, mesh)
+  jitted = trainer.compile_step(step, mesh, state)
+  b = common.random_batch(batch, 1, length)
+  b = jax.device_put(b, sharding.data_sharding(mesh))
+  rng = jax.random.key(1)
+  return jitted, state, (b, rng)
+
+
+def bench(variant: str, batch: int, length: int = 128, name=None, iters=common.DEFAULT_ITERS,
+          peak_gflops=None, matmul_dtype="float32"):
+  jitted, state, args = build(variant, batch, length, matmul_dtype)
+  name = name or f"stage1_{variant}_b{batch}"
+  return common.bench_stateful(name, jitted, state, args, iters, peak_gflops,
+                               series_per_s=None)
+
+
+def rows(peak_gflops, only=None):
+  out = []
+  specs = [(f"stage1_{v}_b{b}", v, b, 128) for b in (128, 32) for v in VARIANTS]
+  specs += [(f"stage1_plain_L{l}_b{b}", "plain", b, l)
+            for l in (128, 512, 1024) for b in (32, 128, 512)]
+  for name, v, b, l in specs:
+    if only and name not in only:
+      continue
+    r = bench(v, b, l, name=name, peak_gflops=peak_gflops)
+    r.pop("series_per_s", None)
+    r["series_per_s"] = round(b / (r["median_ms"] / 1e3), 1)
+    out.append(r)
+    print(r, flush=True)
+  return out

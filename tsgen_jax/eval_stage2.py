@@ -1,0 +1,81 @@
+"""Scoring generated series (stage ``eval_stage2``).
+
+With labels: the supervised FCN (REFERENCE.md), trained once per dataset and seed and cached,
+gives FID (real test split vs unconditional samples, n = max(n_test, 256)), IS (10 splits),
+CAS (an FCN trained on >= 1000 class-conditional samples in the train proportions, tested on
+the real test split) and ``fcn_real_acc`` (the FCN's own test accuracy: CAS's ceiling).
+Always: ROCKET-feature FID and classifier-free statistics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import jax
+import numpy as np
+
+from tsgen_jax import evaluation as ev
+from tsgen_jax import stage2 as stage2_lib
+
+CAS_MIN_SAMPLES = 1000
+
+
+def fcn_cache_dir(cfg) -> str:
+  """Where trained evaluator FCNs are cached (shared by every run on a machine)."""
+  return cfg.eval.fcn_cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "tsgen_jax",
+                                                "fcn")
+
+
+def dataset_key(cfg, x_train: np.ndarray) -> str:
+  """A cache key naming the dataset and fingerprinting its preprocessed train split."""
+  digest = hashlib.sha256(np.ascontiguousarray(x_train).tobytes()).hexdigest()[:12]
+  name = "".join(c if c.isalnum() else "-" for c in f"{cfg.dataset.source}-{cfg.dataset.name}")
+  return f"{name}-{digest}"
+
+
+def evaluate(cfg, dataset, sample_fn, workdir: str) -> dict:
+  """Scores samples from ``sample_fn(class_ids (N,), seed) -> x (N, C, L)``.
+
+  Returns the ``results.json['stage2']`` entries and writes plots under ``workdir/plots``.
+  """
+  x_test, y_test = dataset.test.arrays()
+  x_train, y_train = dataset.train.arrays()
+  k = dataset.num_classes
+  n_uncond = max(len(x_test), 256)
+  null = np.full(n_uncond, k, np.int32)  # the null class id: unconditional samples
+  x_uncond = sample_fn(null, 1)
+  results = {"rocket_fid": ev.rocket_fid(x_test, x_uncond, num_kernels=cfg.eval.rocket_kernels,
+                                         seed=cfg.seed)}
+  results.update(ev.series_statistics(x_test, x_uncond))
+  plot_dir = os.path.join(workdir, "plots")
+  if k >= 2:
+    fcn = ev.cached_fcn(fcn_cache_dir(cfg), dataset_key(cfg, x_train), cfg.seed, x_train,
+                        y_train, k, steps=cfg.eval.fcn_steps)
+    f_real, f_gen = fcn.features(x_test), fcn.features(x_uncond)
+    results["fid"] = ev.fid_from_features(f_real, f_gen)
+    results["is"], results["is_std"] = ev.inception_score(fcn.probs(x_uncond), n_splits=10)
+    results["fcn_real_acc"] = fcn.accuracy(x_test, y_test)
+    n_cas = max(CAS_MIN_SAMPLES, len(x_train))
+    y_cas = ev.class_proportional_labels(y_train, n_cas, cfg.seed, k)
+    x_cas = sample_fn(np.asarray(y_cas, np.int32), 2)
+    results["cas"] = ev.classification_accuracy_score(x_cas, y_cas, x_test, y_test, k,
+                                                      steps=cfg.eval.fcn_steps, seed=cfg.seed)
+    if jax.process_index() == 0:
+      ev.plot_real_vs_generated(x_test, y_test, x_cas, y_cas,
+                                os.path.join(plot_dir, "stage2_real_vs_generated.png"))
+      ev.plot_feature_pca(f_real, f_gen, os.path.join(plot_dir, "stage2_fcn_features_pca.png"))
+  elif jax.process_index() == 0:
+    ev.plot_real_vs_generated(x_test, None, x_uncond, None,
+                              os.path.join(plot_dir, "stage2_real_vs_generated.png"))
+  results["num_uncond_samples"] = n_uncond
+  return {k_: float(v) for k_, v in results.items()}
+
+
+def make_sample_fn(sampler, params, stage1_vars, batch: int, seed: int):
+  """Adapts a compiled stage-2 sampler to ``(class_ids, stream) -> x (N, C, L)``."""
+  def fn(class_ids, stream):
+    key = jax.random.fold_in(jax.random.key(seed), 1000 + stream)
+    x, _ = stage2_lib.generate(sampler, params, stage1_vars, class_ids, batch, key)
+    return x
+  return fn
