@@ -4,7 +4,6 @@ eval_stage2. Each stage reads what earlier stages left in the workdir."""
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 
 import jax
@@ -207,8 +206,34 @@ def parse_stages(run: str) -> list[str]:
   return [s for s in ALL_STAGES if s in names]
 
 
+# Stages whose outputs are files/results rather than checkpoints: skipped when a previous run
+# completed them with the same fingerprint. Training stages skip themselves (their latest
+# checkpoint is at num_steps).
+_RESULT_STAGES = ("eval_stage1", "sample", "eval_stage2")
+
+
+def stage_fingerprint(cfg, workdir: str, stage: str) -> str:
+  """A digest of everything a result stage's output depends on."""
+  import hashlib
+  import json
+  ident = stage_identity(cfg, "stage2")
+  ident["sample"] = cfg.sample.to_dict()
+  ident["eval"] = cfg.eval.to_dict()
+  ident["stage1_workdir"] = stage1_workdir(cfg, workdir)
+  ident["checkpoints"] = {
+      name: ckpt_lib.Checkpointer(os.path.join(d, "checkpoints", name)).latest_step()
+      for name, d in (("stage1", stage1_workdir(cfg, workdir)), ("stage2", workdir))
+      if os.path.isdir(os.path.join(d, "checkpoints", name))}
+  return hashlib.sha256(json.dumps([stage, ident], sort_keys=True, default=str)
+                        .encode()).hexdigest()[:16]
+
+
 def run(cfg, workdir: str):
-  """Runs the configured stages in ``workdir``; returns results.json's contents."""
+  """Runs the configured stages in ``workdir``; returns results.json's contents.
+
+  A stage whose outputs are already complete is skipped, so rerunning the same command
+  after a crash continues where it stopped.
+  """
   validate(cfg)
   stages = parse_stages(cfg.run)
   wd.write_config(workdir, cfg)
@@ -217,9 +242,14 @@ def run(cfg, workdir: str):
   mesh = sharding.make_mesh(cfg.mesh)
   ctx = Context(cfg, workdir, dataset, mesh)
   for stage in stages:
-    if stage not in STAGES:
-      logging.warning("stage %s is not implemented yet; skipping", stage)
-      continue
+    fingerprint = None
+    if stage in _RESULT_STAGES:
+      fingerprint = stage_fingerprint(cfg, workdir, stage)
+      if wd.read_results(workdir).get("_done", {}).get(stage) == fingerprint:
+        print(f"== {stage}: complete, skipping ==", flush=True)
+        continue
     print(f"== {stage} ==", flush=True)
     STAGES[stage](ctx)
+    if fingerprint is not None:
+      wd.update_results(workdir, "_done", {stage: fingerprint})
   return wd.read_results(workdir)

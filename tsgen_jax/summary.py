@@ -11,7 +11,8 @@ def _fmt(v) -> str:
 
 def format_results(results: dict) -> str:
   """results.json contents -> an aligned 'stage  metric  value' table."""
-  rows = [(stage, k, _fmt(v)) for stage, vals in results.items() if isinstance(vals, dict)
+  rows = [(stage, k, _fmt(v)) for stage, vals in results.items()
+          if isinstance(vals, dict) and not stage.startswith("_")
           for k, v in sorted(vals.items()) if not isinstance(v, (dict, list))]
   if not rows:
     return "no results"

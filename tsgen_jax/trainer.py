@@ -105,6 +105,7 @@ def run(lc: LoopConfig, state, train_step: Callable, stream: BatchStream, mesh,
     _, state = ckpt.restore(state)
   start = int(state.step)
   if start >= lc.num_steps:
+    print(f"[{lc.stage}] complete at step {start}, skipping", flush=True)
     return state
   step_fn = compile_step(train_step, mesh, state)
   is_main = jax.process_index() == 0
