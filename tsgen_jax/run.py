@@ -213,17 +213,22 @@ _RESULT_STAGES = ("eval_stage1", "sample", "eval_stage2")
 
 
 def stage_fingerprint(cfg, workdir: str, stage: str) -> str:
-  """A digest of everything a result stage's output depends on."""
+  """A digest of everything a result stage's output depends on: the configs and checkpoints of
+  the models it reads, and its own settings."""
   import hashlib
   import json
-  ident = stage_identity(cfg, "stage2")
-  ident["sample"] = cfg.sample.to_dict()
+  uses_stage2 = stage != "eval_stage1"
+  ident = stage_identity(cfg, "stage2" if uses_stage2 else "stage1")
   ident["eval"] = cfg.eval.to_dict()
-  ident["stage1_workdir"] = stage1_workdir(cfg, workdir)
+  if uses_stage2:
+    ident["sample"] = cfg.sample.to_dict()
+  sources = [("stage1", stage1_workdir(cfg, workdir))]
+  if uses_stage2:
+    sources.append(("stage2", workdir))
   ident["checkpoints"] = {
-      name: ckpt_lib.Checkpointer(os.path.join(d, "checkpoints", name)).latest_step()
-      for name, d in (("stage1", stage1_workdir(cfg, workdir)), ("stage2", workdir))
-      if os.path.isdir(os.path.join(d, "checkpoints", name))}
+      name: (os.path.abspath(d), ckpt_lib.Checkpointer(
+          os.path.join(d, "checkpoints", name)).latest_step())
+      for name, d in sources if os.path.isdir(os.path.join(d, "checkpoints", name))}
   return hashlib.sha256(json.dumps([stage, ident], sort_keys=True, default=str)
                         .encode()).hexdigest()[:16]
 
