@@ -102,9 +102,23 @@ class Checkpointer:
         return s, self._manager.restore(s, args=ocp.args.StandardRestore(abstract))
       except Exception as e:  # corrupt or truncated files: try the previous step
         errors.append(f"step {s}: {type(e).__name__}: {str(e)[:200]}")
-        logging.warning("checkpoint %s/%d unreadable (%s); trying an older one",
-                        self.directory, s, e)
+        moved = self._set_aside(s)
+        logging.warning("checkpoint %s/%d is unreadable (%s: %s); moved it to %s and trying "
+                        "an older one", self.directory, s, type(e).__name__, str(e)[:200], moved)
     raise CheckpointError(f"no readable checkpoint in {self.directory}: {' | '.join(errors)}")
+
+  def _set_aside(self, step: int) -> str:
+    """Renames an unreadable step folder to ``corrupt_<step>`` (kept, never deleted)."""
+    src = os.path.join(self.directory, str(step))
+    dst = os.path.join(self.directory, f"corrupt_{step}")
+    if jax.process_index() == 0 and os.path.isdir(src):
+      n = 0
+      while os.path.exists(dst):
+        n += 1
+        dst = os.path.join(self.directory, f"corrupt_{step}.{n}")
+      os.replace(src, dst)
+    self._manager.reload()
+    return dst
 
   def close(self):
     self._manager.close()

@@ -35,6 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
   d.length = 128
   d.zscore = True  # global z-score with the train split's statistics
   d.stream_threshold_mb = 1024  # UCR splits larger than this stream from array_record
+  d.min_class_count = 2  # a train class with fewer examples is an error (1 allows singletons)
 
   c.mesh = m = ml_collections.ConfigDict()
   m.data = -1  # devices on the data axis; -1 = all

@@ -14,9 +14,19 @@ Array = jax.Array
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def _offdiag_mask(d: int) -> Array:
-  """(D, D) float mask, 1 off the diagonal and 0 on it."""
-  return 1.0 - jnp.eye(d, dtype=jnp.float32)
+def _cross_frobenius_sq(a: Array, b: Array) -> Array:
+  """``||a^T b||_F^2`` for a, b (N, D), without forming the (D, D) product when N < D.
+
+  ``||a^T b||_F^2 = tr(b^T a a^T b) = sum((a a^T) * (b b^T))``: two (N, N) Gram matrices
+  (2 N^2 D flops each) instead of one (D, D) product (2 N D^2 flops): 32x less work for the
+  SSL defaults (N = 128, D = 4096), and likewise for the backward pass.
+  """
+  n, d = a.shape
+  if n < d:
+    ga = jnp.matmul(a, a.T, precision=_HIGHEST)
+    gb = ga if b is a else jnp.matmul(b, b.T, precision=_HIGHEST)
+    return jnp.sum(ga * gb)
+  return jnp.sum(jnp.matmul(a.T, b, precision=_HIGHEST) ** 2)
 
 
 def barlow_twins_loss_terms(z1: Array, z2: Array, lambda_offdiag: float = 5e-3,
@@ -44,9 +54,12 @@ def barlow_twins_loss_terms(z1: Array, z2: Array, lambda_offdiag: float = 5e-3,
   def standardise(z):
     return (z - z.mean(0)) * jax.lax.rsqrt(z.var(0) + eps)
 
-  c = jnp.matmul(standardise(z1).T, standardise(z2), precision=_HIGHEST) / n
-  on_diag = jnp.sum((1.0 - jnp.diagonal(c)) ** 2)
-  off_diag = jnp.sum((c * _offdiag_mask(d)) ** 2)
+  z1n, z2n = standardise(z1), standardise(z2)
+  # C = z1n^T z2n / N is (D, D); only its diagonal and its squared Frobenius norm are needed.
+  diag = jnp.sum(z1n * z2n, axis=0) / n
+  on_diag = jnp.sum((1.0 - diag) ** 2)
+  off_diag = _cross_frobenius_sq(z1n, z2n) / (n * n) - jnp.sum(diag ** 2)
+  del d
   return {"loss": on_diag + lambda_offdiag * off_diag, "on_diag": on_diag,
           "off_diag": off_diag}
 
@@ -69,7 +82,8 @@ def vibcreg_variance_term(z: Array) -> Array:
     float32 scalar.
   """
   z = z.astype(jnp.float32)
-  std = jnp.sqrt(z.var(0, ddof=1) + 1e-4)
+  zc = z - jnp.mean(z, axis=0)
+  std = jnp.sqrt(jnp.sum(zc * zc, axis=0) / (z.shape[0] - 1) + 1e-4)
   return jnp.mean(jax.nn.relu(1.0 - std))
 
 
@@ -91,8 +105,10 @@ def vibcreg_covariance_term(z: Array) -> Array:
   # sqrt(max(|z|^2, 1e-24)) == max(|z|, 1e-12) but its gradient stays finite at 0.
   norm = jnp.sqrt(jnp.maximum(jnp.sum(zc * zc, axis=0), 1e-24))
   zn = zc / norm
-  c = jnp.matmul(zn.T, zn, precision=_HIGHEST) * _offdiag_mask(z.shape[1])
-  return jnp.mean(c ** 2)
+  # mean over the D^2 entries of (zn^T zn with a zero diagonal)^2, via the (N, N) Gram matrix.
+  d = z.shape[1]
+  diag = jnp.sum(zn * zn, axis=0)
+  return (_cross_frobenius_sq(zn, zn) - jnp.sum(diag ** 2)) / (d * d)
 
 
 def vibcreg_loss_terms(z1: Array, z2: Array, lam: float = 25.0, mu: float = 25.0,

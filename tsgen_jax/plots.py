@@ -71,6 +71,39 @@ def embedding_2d(features, y, path: str):
   _save(fig, path)
 
 
+def tsne_2d(features: np.ndarray, seed: int = 0, max_iter: int = 500) -> np.ndarray:
+  """2-d t-SNE of (N, D) features (sklearn, PCA init, one thread): (N, 2)."""
+  from sklearn.manifold import TSNE
+  f = np.asarray(features, np.float64)
+  f = (f - f.mean(0)) / np.where(f.std(0) > 0, f.std(0), 1.0)
+  perplexity = float(min(30.0, (len(f) - 1) / 3))
+  return TSNE(n_components=2, init="pca", perplexity=perplexity, max_iter=max_iter,
+              random_state=seed, n_jobs=1).fit_transform(f)
+
+
+def embedding_tsne(features, y, path: str, max_points: int = 2000, seed: int = 0) -> bool:
+  """t-SNE scatter of (N, D) features coloured by label y (N,) or uncoloured.
+
+  At most ``max_points`` points are embedded (a fixed random subset beyond that); fewer than 5
+  points are skipped. Returns whether the plot was written.
+  """
+  features = np.asarray(features)
+  n = len(features)
+  if n < 5:
+    return False
+  idx = np.arange(n)
+  if n > max_points:
+    idx = np.sort(np.random.default_rng(seed).choice(n, max_points, replace=False))
+  p = tsne_2d(features[idx], seed)
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(4, 4))
+  ax.scatter(p[:, 0], p[:, 1], c=None if y is None else np.asarray(y)[idx], s=6, cmap="tab10")
+  sub = f", {len(idx)} of {n}" if len(idx) < n else ""
+  ax.set_title(f"t-SNE of pooled test latents{sub}", fontsize=9)
+  _save(fig, path)
+  return True
+
+
 def series_grid(x, title: str, path: str, n: int = 16):
   """Up to ``n`` series (channel 0) in a grid. x (N, C, L)."""
   plt = _plt()

@@ -226,8 +226,7 @@ def stage_fingerprint(cfg, workdir: str, stage: str) -> str:
   if uses_stage2:
     sources.append(("stage2", workdir))
   ident["checkpoints"] = {
-      name: (os.path.abspath(d), ckpt_lib.Checkpointer(
-          os.path.join(d, "checkpoints", name)).latest_step())
+      name: ckpt_lib.Checkpointer(os.path.join(d, "checkpoints", name)).latest_step()
       for name, d in sources if os.path.isdir(os.path.join(d, "checkpoints", name))}
   return hashlib.sha256(json.dumps([stage, ident], sort_keys=True, default=str)
                         .encode()).hexdigest()[:16]

@@ -14,7 +14,9 @@ import signal
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from tsgen_jax import checkpoint as ckpt_lib
 from tsgen_jax import metrics_writer
@@ -83,19 +85,34 @@ def compile_step(train_step: Callable, mesh, state):
                  out_shardings=(state_sh, rep), donate_argnums=(0,))
 
 
-def _check_finite(stage, step, metrics):
-  bad = [k for k, v in metrics.items() if not math.isfinite(v)]
-  if bad:
-    raise NonFiniteError(f"{stage}: non-finite value at step {step} in {', '.join(bad)}; "
-                         "the last good checkpoint is kept. Lower the learning rate or pass "
-                         "--config.skip_nonfinite=True to skip such batches")
+def _nonfinite_terms(metrics: dict[str, float]) -> list[str]:
+  return [k for k, v in metrics.items() if not math.isfinite(v)]
+
+
+def with_finite_guard(train_step: Callable, skip_nonfinite: bool) -> Callable:
+  """Adds ``metrics['finite']`` (1 when every metric is finite) to a train step; with
+  ``skip_nonfinite`` a non-finite step leaves the state unchanged except its step counter."""
+
+  def guarded(state, batch, rng):
+    new_state, metrics = train_step(state, batch, rng)
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in metrics.values()]))
+    if skip_nonfinite:
+      kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+      new_state = kept.replace(step=new_state.step)
+    metrics = dict(metrics, finite=finite.astype(jnp.float32))
+    return new_state, metrics
+
+  return guarded
 
 
 def run(lc: LoopConfig, state, train_step: Callable, stream: BatchStream, mesh,
         checkpointer: ckpt_lib.Checkpointer | None = None):
   """Trains ``state`` to ``lc.num_steps`` (resuming if possible); returns the final state.
 
-  ``train_step`` must return ``metrics`` as a dict of scalars; ``loss`` is required.
+  ``train_step`` must return ``metrics`` as a dict of scalars; ``loss`` is required. Every
+  step's metrics are checked for NaN/inf: the run stops with :class:`NonFiniteError` naming
+  the step and the terms (the checkpoints written so far are kept), or, with
+  ``lc.skip_nonfinite``, the step's update is dropped and counted in ``skipped_steps``.
   """
   ckpt = checkpointer or ckpt_lib.Checkpointer(
       f"{lc.workdir}/checkpoints/{lc.stage}", lc.keep_checkpoints)
@@ -107,36 +124,40 @@ def run(lc: LoopConfig, state, train_step: Callable, stream: BatchStream, mesh,
   if start >= lc.num_steps:
     print(f"[{lc.stage}] complete at step {start}, skipping", flush=True)
     return state
-  step_fn = compile_step(train_step, mesh, state)
+  step_fn = compile_step(with_finite_guard(train_step, lc.skip_nonfinite), mesh, state)
   is_main = jax.process_index() == 0
   writer = metrics_writer.MetricsWriter(lc.workdir, lc.stage, enabled=is_main)
   progress = metrics_writer.Progress(lc.stage, lc.num_steps, start, enabled=is_main)
   base_key = jax.random.key(lc.seed)
-  last_good = start
+  skipped = 0
   try:
     with _SignalFlag() as flag:
       for step, batch in stream.iterate(start, lc.num_steps):
-        rng = jax.random.fold_in(base_key, step)
-        state, metrics = step_fn(state, batch, rng)
+        state, metrics = step_fn(state, batch, jax.random.fold_in(base_key, step))
         done = step + 1
-        if done % lc.log_every == 0 or done == lc.num_steps:
-          host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not float(metrics["finite"]):
+          bad = _nonfinite_terms(host_metrics(metrics))
           if not lc.skip_nonfinite:
-            _check_finite(lc.stage, done, host)
+            raise NonFiniteError(
+                f"{lc.stage}: non-finite value at step {done} in {', '.join(bad)}; the last "
+                f"good checkpoint (step {ckpt.latest_step()}) is kept. Lower the learning rate "
+                "or pass --config.skip_nonfinite=True to skip such batches")
+          skipped += 1
+          logging.warning("%s step %d: non-finite %s; batch skipped", lc.stage, done, bad)
+        if done % lc.log_every == 0 or done == lc.num_steps:
+          host = host_metrics(metrics)
+          del host["finite"]
+          if lc.skip_nonfinite:
+            host["skipped_steps"] = float(skipped)
           writer.write(done, host)
           progress.update(done, {k: host[k] for k in list(host)[:6]})
-        if done % lc.checkpoint_every == 0 or done == lc.num_steps:
-          if not lc.skip_nonfinite:
-            _check_finite(lc.stage, done, {"loss": float(metrics["loss"])})
+        if done % lc.checkpoint_every == 0 or done == lc.num_steps or flag.name:
           ckpt.save(done, state)
-          last_good = done
         if flag.name:
-          ckpt.save(done, state)
           raise Interrupted(lc.stage, done, flag.name)
   finally:
     progress.close()
     writer.close()
-  del last_good
   return state
 
 

@@ -105,7 +105,20 @@ def _check(x: np.ndarray, where: str, min_length: int) -> np.ndarray:
   return lengths
 
 
-def from_raw_splits(name, train, test, where, zscore, min_length) -> Dataset:
+def check_class_counts(y: np.ndarray, stats: preprocess.Stats, min_count: int, where: str):
+  """DataError if a train class has fewer than ``min_count`` examples; y mapped (N,)."""
+  counts = np.bincount(y, minlength=stats.num_classes)
+  small = np.flatnonzero(counts < min_count)
+  if len(small):
+    c = int(small[0])
+    row = int(np.flatnonzero(y == c)[0]) + 1 if counts[c] else 0
+    raise DataError(f"{where}: class {stats.classes[c]} has only {counts[c]} train example(s)"
+                    f"{f' (row {row})' if row else ''}; at least {min_count} are needed per "
+                    "class (probes and class-proportional sampling). Set "
+                    "--config.dataset.min_class_count=1 to allow it")
+
+
+def from_raw_splits(name, train, test, where, zscore, min_length, min_class_count=1) -> Dataset:
   """Validates and preprocesses raw in-memory splits.
 
   Args:
@@ -120,6 +133,8 @@ def from_raw_splits(name, train, test, where, zscore, min_length) -> Dataset:
   splits = []
   for raw, lab, lens, split in ((x, labels, len_tr, "train"), (xt, labels_t, len_te, "test")):
     y = None if lab is None else preprocess.map_labels(lab, stats, f"{where} ({split})")
+    if y is not None and split == "train":
+      check_class_counts(y, stats, min_class_count, f"{where} (train)")
     splits.append(Split(preprocess.normalize(raw, stats), y, lens, stats, c, length))
   return Dataset(name, splits[0], splits[1], stats)
 
@@ -142,11 +157,12 @@ def load_dataset(dcfg, min_length: int = 1) -> Dataset:
     (x, y), (xt, yt) = synthetic.synthetic_splits(dcfg.name, dcfg.num_train, dcfg.num_test,
                                                   dcfg.length, dcfg.seed)
     return from_raw_splits(dcfg.name, (x[:, None], y), (xt[:, None], yt), f"synthetic {dcfg.name}",
-                     dcfg.zscore, min_length)
+                           dcfg.zscore, min_length, dcfg.min_class_count)
   if source == "npz":
     train, test = npz_lib.load_npz_splits(dcfg.data_dir, dcfg.get("test_path", ""), dcfg.seed)
     name = os.path.splitext(os.path.basename(dcfg.data_dir))[0]
-    return from_raw_splits(name, train, test, dcfg.data_dir, dcfg.zscore, min_length)
+    return from_raw_splits(name, train, test, dcfg.data_dir, dcfg.zscore, min_length,
+                           dcfg.min_class_count)
   if source == "ucr":
     from tsgen_jax.data import ucr_dataset  # TFDS is imported only when needed.
     return ucr_dataset.load_ucr_dataset(dcfg, ucr_dir(dcfg.data_dir), min_length)

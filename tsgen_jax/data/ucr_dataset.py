@@ -72,7 +72,7 @@ def load_ucr_dataset(dcfg, archive_dir: str, min_length: int) -> dataset_lib.Dat
       x, labels, _ = ucr.load_ucr_arrays(name, split, archive_dir, cache)
       raw[split] = (x[:, None, :], labels)
     return dataset_lib.from_raw_splits(name, raw["train"], raw["test"], where, dcfg.zscore,
-                                       min_length)
+                                       min_length, dcfg.min_class_count)
   if length < min_length:
     raise DataError(f"{where}: series length {length} is shorter than the STFT's "
                     f"n_fft={min_length}; use a smaller --config.stft.n_fft")

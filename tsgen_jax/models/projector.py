@@ -150,6 +150,50 @@ class IterNorm(nn.Module):
     return y
 
 
+class ViewBatchNorm(nn.Module):
+  """BatchNorm over ``num_views`` stacked batches (V * B, D), each normalised with its own
+  batch statistics, exactly as V successive calls of ``nn.BatchNorm`` would (same variables:
+  params 'scale'/'bias', batch_stats 'mean'/'var'; running averages updated view after view).
+
+  Lets the projector run its Dense layers once on both SSL views (matmuls twice as tall,
+  one weight gradient instead of two summed) without changing what BatchNorm computes.
+  """
+  num_views: int
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  axis_name: Any = None
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> Array:
+    n, d = x.shape
+    v = self.num_views
+    scale = self.param("scale", nn.initializers.ones, (d,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (d,), jnp.float32)
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((d,), jnp.float32))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((d,), jnp.float32))
+    xf = x.astype(jnp.float32).reshape(v, n // v, d)
+    if train:
+      mean = jnp.mean(xf, axis=1)  # (V, D)
+      mean2 = jnp.mean(xf * xf, axis=1)
+      if self.axis_name is not None:
+        mean, mean2 = jax.lax.pmean((mean, mean2), self.axis_name)
+      var = jnp.maximum(mean2 - mean * mean, 0.0)  # flax's fast variance
+      if not self.is_initializing():
+        m = self.momentum
+        rm, rv = ra_mean.value, ra_var.value
+        for i in range(v):
+          rm = m * rm + (1 - m) * jax.lax.stop_gradient(mean[i])
+          rv = m * rv + (1 - m) * jax.lax.stop_gradient(var[i])
+        ra_mean.value, ra_var.value = rm, rv
+      mean, var = mean[:, None], var[:, None]
+    else:
+      mean, var = ra_mean.value, ra_var.value
+    mul = jax.lax.rsqrt(var + self.epsilon) * scale
+    y = (xf - mean) * mul + bias
+    return y.reshape(n, d).astype(self.dtype)
+
+
 class Projector(nn.Module):
   """SSL projector: Linear-BN-ReLU, Linear-BN-ReLU, Linear, then IterNorm if iternorm.
 
@@ -170,16 +214,29 @@ class Projector(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, h: Array, train: bool) -> Array:
-    """Projects pooled features h (B, F) -> float32 (B, out_dim)."""
+  def __call__(self, h: Array, train: bool, num_views: int = 1) -> Array:
+    """Projects pooled features h (B, F) -> float32 (B, out_dim).
+
+    With ``num_views=V``, h is V batches stacked along axis 0 ((V * B, F)), and the result
+    equals V successive calls on the separate batches (batch statistics per view; running
+    statistics updated in view order) while every Dense layer runs once on all rows.
+    """
     x = h
-    for _ in range(2):
+    for i in range(2):
       x = nn.Dense(self.hidden_dim, use_bias=False, dtype=self.dtype)(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                       axis_name=self.axis_name, dtype=self.dtype)(x)
+      if num_views == 1:
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                         axis_name=self.axis_name, dtype=self.dtype)(x)
+      else:
+        x = ViewBatchNorm(num_views, momentum=0.9, epsilon=1e-5, axis_name=self.axis_name,
+                          dtype=self.dtype, name=f"BatchNorm_{i}")(x, train)
       x = nn.relu(x)
     x = nn.Dense(self.out_dim, dtype=self.dtype)(x)
     if self.iternorm:
-      x = IterNorm(num_groups=self.iternorm_groups, num_iters=self.iternorm_iters,
-                   axis_name=self.axis_name)(x, train)
+      norm = IterNorm(num_groups=self.iternorm_groups, num_iters=self.iternorm_iters,
+                      axis_name=self.axis_name)
+      if num_views == 1:
+        x = norm(x, train)
+      else:  # whitening statistics per view, running statistics updated in view order
+        x = jnp.concatenate([norm(xv, train) for xv in jnp.split(x, num_views)], axis=0)
     return x.astype(jnp.float32)

@@ -1,0 +1,125 @@
+"""Runs the benchmark suite: ``python -m benchmarks.run [--only NAME,...] [--out PATH]``.
+
+Prints a table and writes ``benchmarks/results.json`` (a list of rows: name, median_ms,
+min_ms, max_ms, gflops_per_s, fraction_of_peak, compile_s, peak_mem_mb, ...). Every timing
+is the median of >= 20 calls after warm-up. ``fraction_of_peak`` is relative to a 2048^3
+float32 jnp.dot measured in the same run (row ``matmul_f32_2048``).
+
+Names: stage1_{plain,barlowtwins,vibcreg,lfhf}_b{128,32}, stage1_plain_L{128,512,1024}_b{32,
+128,512}, stage2_train_b{256,32}, sample_256_t10_s{1,2}, augment_<name>,
+augment_default_views, data_pipeline (both host/device rows). ``--only`` also accepts a
+prefix ending in '*' (e.g. ``stage1_*``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+
+from benchmarks import augment_bench, common, data_bench, stage1_bench, stage2_bench
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+ALL_NAMES = ([f"stage1_{v}_b{b}" for b in (128, 32) for v in stage1_bench.VARIANTS]
+             + [f"stage1_plain_L{l}_b{b}" for l in (128, 512, 1024) for b in (32, 128, 512)]
+             + ["stage2_train_b256", "stage2_train_b32", "sample_256_t10_s1",
+                "sample_256_t10_s2"]
+             + [f"augment_{n}" for n in list(__import__("tsgen_jax.augment").augment.AUGMENTATIONS)
+                + ["default_views"]]
+             + ["data_pipeline_host_batch", "data_pipeline_device_batch"])
+
+
+def select(only: str | None) -> set[str] | None:
+  if not only:
+    return None
+  out = set()
+  for tok in only.split(","):
+    tok = tok.strip()
+    if tok.endswith("*"):
+      out |= {n for n in ALL_NAMES if n.startswith(tok[:-1])}
+    elif tok == "data_pipeline":
+      out |= {"data_pipeline_host_batch", "data_pipeline_device_batch"}
+    elif tok in ALL_NAMES or tok.startswith("matmul"):
+      out.add(tok)
+    else:
+      sys.exit(f"unknown benchmark {tok!r}; known: {', '.join(ALL_NAMES)}")
+  return out
+
+
+def machine() -> dict:
+  info = {"platform": platform.platform(), "cpu_count": os.cpu_count()}
+  try:
+    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+      if line.startswith("Model name"):
+        info["cpu"] = line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  try:
+    info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE,
+                                    capture_output=True, text=True).stdout.strip()
+  except OSError:
+    pass
+  try:
+    info["loadavg_start"] = os.getloadavg()
+  except OSError:
+    pass
+  return info
+
+
+def fmt(v, nd=1):
+  return "" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
+
+
+def table(rows) -> str:
+  cols = [("name", 32), ("median_ms", 10), ("min_ms", 9), ("max_ms", 9), ("gflops_per_s", 8),
+          ("fraction_of_peak", 6), ("series_per_s", 10), ("compile_s", 8), ("peak_mem_mb", 9)]
+  heads = {"gflops_per_s": "GFLOP/s", "fraction_of_peak": "%peak", "series_per_s": "series/s",
+           "compile_s": "compile", "peak_mem_mb": "mem MB"}
+  lines = ["| " + " | ".join(heads.get(c, c) for c, _ in cols) + " |",
+           "|" + "|".join("---" for _ in cols) + "|"]
+  for r in rows:
+    vals = []
+    for c, _ in cols:
+      v = r.get(c)
+      if c == "fraction_of_peak" and v is not None:
+        v = f"{100 * v:.0f}%"
+      vals.append(fmt(v))
+    lines.append("| " + " | ".join(vals) + " |")
+  return "\n".join(lines)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--only", default=None, help="comma-separated row names (or prefix*)")
+  p.add_argument("--out", default=os.path.join(HERE, "results.json"))
+  args = p.parse_args(argv)
+  only = select(args.only)
+  info = machine()
+  print(json.dumps(info), flush=True)
+  peak = common.matmul_peak()
+  print(peak, flush=True)
+  rows = [peak]
+  pk = peak["gflops_per_s"]
+  rows += stage1_bench.rows(pk, only)
+  if not only or any(n.startswith(("stage2", "sample")) for n in only):
+    rows += stage2_bench.rows(pk, only)
+  if not only or any(n.startswith("augment") for n in only):
+    rows += augment_bench.rows(pk, only)
+  if not only or any(n.startswith("data_pipeline") for n in only):
+    rows += data_bench.rows(pk, only)
+  try:
+    info["loadavg_end"] = os.getloadavg()
+  except OSError:
+    pass
+  print(table(rows))
+  with open(args.out, "w") as f:
+    json.dump({"machine": info, "rows": rows}, f, indent=1)
+  return rows
+
+
+if __name__ == "__main__":
+  main()

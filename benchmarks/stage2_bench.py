@@ -1,0 +1,70 @@
+"""Stage-2 MaskGIT train step and sampling (iterative decode + stage-1 decoding, one jit),
+through ``tsgen_jax.stage2`` (``make_train_step`` / ``make_sampler``)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import common
+from tsgen_jax import sharding, stage2, trainer
+from tsgen_jax.config import base_config
+from tsgen_jax.models import stage1 as stage1_model
+from tsgen_jax import stage1 as stage1_lib
+
+NUM_CLASSES = 3
+
+
+def _setup(batch: int):
+  cfg = base_config()
+  cfg.stage2.batch_size = batch
+  s1_model = stage1_model.from_config(cfg, 1, cfg.dataset.length)
+  s1_vars = stage1_lib.init_variables(s1_model, jax.random.key(0), 1, cfg.dataset.length, False)
+  specs = stage2.prior_specs(s1_model)
+  priors = stage2.build_priors(cfg, s1_model, NUM_CLASSES)
+  codebooks = s1_model.apply(s1_vars, method="codebooks")
+  state, tx = stage2.init_state(cfg, priors, specs, codebooks, jax.random.key(1))
+  return cfg, s1_model, s1_vars, specs, priors, state, tx
+
+
+def bench_train(batch: int, peak_gflops=None, iters=common.DEFAULT_ITERS):
+  cfg, _, _, specs, priors, state, tx = _setup(batch)
+  step = stage2.make_train_step(priors, specs, cfg.stage2, NUM_CLASSES, tx)
+  mesh = sharding.make_mesh()
+  state = sharding.replicate_tree(state, mesh)
+  jitted = trainer.compile_step(step, mesh, state)
+  n_tok = sum(s.num_tokens for s in specs)
+  rng = np.random.default_rng(0)
+  b = {"x": jnp.asarray(rng.integers(0, 32, (batch, n_tok)), jnp.int32),
+       "y": jnp.asarray(rng.integers(0, NUM_CLASSES, (batch,)), jnp.int32)}
+  b = jax.device_put(b, sharding.data_sharding(mesh))
+  return common.bench_stateful(f"stage2_train_b{batch}", jitted, state, (b, jax.random.key(2)),
+                               iters, peak_gflops)
+
+
+def bench_sample(num: int, steps: int, scale: float, peak_gflops=None,
+                 iters=common.DEFAULT_ITERS):
+  cfg, s1_model, s1_vars, specs, priors, state, _ = _setup(256)
+  cfg.sample.num_steps = steps
+  cfg.sample.guidance_scale = scale
+  sampler = stage2.make_sampler(priors, specs, s1_model, cfg.sample, NUM_CLASSES)
+  ids = jnp.asarray(np.arange(num) % NUM_CLASSES, jnp.int32)
+  name = f"sample_{num}_t{steps}_s{scale:g}"
+  r = common.bench_pure(name, sampler, (state.params, s1_vars, jax.random.key(3), ids), iters,
+                        peak_gflops)
+  r["series_per_s"] = round(num / (r["median_ms"] / 1e3), 1)
+  return r
+
+
+def rows(peak_gflops, only=None):
+  out = []
+  for b in (256, 32):
+    if not only or f"stage2_train_b{b}" in only:
+      out.append(bench_train(b, peak_gflops))
+      print(out[-1], flush=True)
+  for s in (1.0, 2.0):
+    if not only or f"sample_256_t10_s{s:g}" in only:
+      out.append(bench_sample(256, 10, s, peak_gflops))
+      print(out[-1], flush=True)
+  return out
