@@ -33,6 +33,10 @@ ALL_NAMES = ([f"stage1_{v}_b{b}" for b in (128, 32) for v in stage1_bench.VARIAN
              + ["data_pipeline_host_batch", "data_pipeline_device_batch"])
 
 
+TARGET_ROWS = ["stage1_plain_b128", "stage1_barlowtwins_b128", "stage1_vibcreg_b128",
+               "stage1_lfhf_b128", "stage2_train_b256", "sample_256_t10_s1"]
+
+
 def select(only: str | None) -> set[str] | None:
   if not only:
     return None
@@ -104,20 +108,36 @@ def main(argv=None):
   print(peak, flush=True)
   rows = [peak]
   pk = peak["gflops_per_s"]
-  rows += stage1_bench.rows(pk, only)
-  if not only or any(n.startswith(("stage2", "sample")) for n in only):
-    rows += stage2_bench.rows(pk, only)
-  if not only or any(n.startswith("augment") for n in only):
-    rows += augment_bench.rows(pk, only)
-  if not only or any(n.startswith("data_pipeline") for n in only):
-    rows += data_bench.rows(pk, only)
-  try:
-    info["loadavg_end"] = os.getloadavg()
-  except OSError:
-    pass
-  print(table(rows))
-  with open(args.out, "w") as f:
-    json.dump({"machine": info, "rows": rows}, f, indent=1)
+
+  def save():
+    try:
+      info["loadavg_end"] = os.getloadavg()
+    except OSError:
+      pass
+    with open(args.out, "w") as f:
+      json.dump({"machine": info, "rows": rows}, f, indent=1)
+
+  # Target rows first (results.json is rewritten after each group, so a partial run keeps them).
+  wanted = set(ALL_NAMES) if only is None else only
+  first = [n for n in TARGET_ROWS if n in wanted]
+  rest = [n for n in ALL_NAMES if n in wanted and n not in first]
+  for group in (first, rest):
+    g = set(group)
+    if not g:
+      continue
+    if any(n.startswith("stage1") for n in g):
+      rows += stage1_bench.rows(pk, g, skip_big=only is None); save()
+    if any(n.startswith(("stage2", "sample")) for n in g):
+      rows += stage2_bench.rows(pk, g); save()
+    if any(n.startswith("augment") for n in g):
+      rows += augment_bench.rows(pk, g); save()
+    if any(n.startswith("data_pipeline") for n in g):
+      rows += data_bench.rows(pk, g); save()
+  print(table([r for r in rows if "skipped" not in r]))
+  for r in rows:
+    if "skipped" in r:
+      print(f"skipped {r['name']}: {r['skipped']}")
+  save()
   return rows
 
 

@@ -28,6 +28,7 @@ def tiny_config(**overrides):
   """The base config shrunk so a train step compiles and runs in well under a second."""
   from tsgen_jax.config import base_config
   c = base_config()
+  c.dataset.num_test = 90
   c.stage1.dim = 16
   c.stage1.n_resnet_blocks = 1
   c.stage1.batch_size = 16

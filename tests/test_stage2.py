@@ -50,7 +50,7 @@ def test_eval_stage2_results(pipeline):
               "acf_diff", "skew_diff", "kurtosis_diff"):
     assert key in s2 and np.isfinite(s2[key]), key
   assert 1.0 <= s2["is"] <= 3.0 and 0.0 <= s2["cas"] <= 1.0 and s2["fid"] >= 0
-  assert s2["num_uncond_samples"] == 900
+  assert s2["num_uncond_samples"] == 256  # max(n_test = 90, 256)
   for name in ("stage2_real_vs_generated.png", "stage2_fcn_features_pca.png"):
     assert os.path.getsize(os.path.join(workdir, "plots", name)) > 1000
 
@@ -97,7 +97,7 @@ def test_lfhf_two_priors_and_unlabeled_data(tmp_path):
   path = tmp_path / "u.npz"
   rng = np.random.default_rng(0)
   np.savez(path, x=np.cumsum(rng.standard_normal((40, 2, 64)), axis=-1))
-  cfg = tiny_config(run="stage1,stage2,sample", **{
+  cfg = tiny_config(run="stage1,eval_stage1,stage2,sample", **{
       "stage1.lfhf": True, "stage1.num_steps": 3, "stage2.num_steps": 3,
       "dataset.source": "npz", "dataset.data_dir": str(path)})
   res = run_lib.run(cfg, str(tmp_path / "w"))
@@ -105,3 +105,5 @@ def test_lfhf_two_priors_and_unlabeled_data(tmp_path):
   with np.load(tmp_path / "w" / "samples.npz") as f:
     assert f["x"].shape == (12, 2, 64) and set(f["y"].tolist()) == {-1}
   assert res["stage2"]["num_steps"] == 3
+  assert {"perplexity_lf", "perplexity_hf", "codebook_usage_hf"} <= set(res["stage1"])
+  assert "probe_svm_acc" not in res["stage1"]  # unlabeled: no probes

@@ -101,4 +101,7 @@ def evaluate(cfg, model, variables, dataset, workdir: str) -> dict:
     plots.codebook_histogram({n: out[f"idx_{n}"] for n in branches}, k,
                              os.path.join(plot_dir, "stage1_codebook_usage.png"))
     plots.embedding_2d(out["pooled"], y_test, os.path.join(plot_dir, "stage1_latent_pca.png"))
+    # t-SNE on at most 2000 test points (~2-8 s on one core).
+    plots.embedding_tsne(out["pooled"], y_test, os.path.join(plot_dir, "stage1_latent_tsne.png"),
+                         seed=cfg.seed)
   return results

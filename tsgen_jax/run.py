@@ -17,6 +17,7 @@ from tsgen_jax import workdir as wd
 from tsgen_jax.config import ALL_STAGES
 from tsgen_jax.config import validate
 from tsgen_jax.data import BatchStream, Dataset, load_dataset
+from tsgen_jax.data.pipeline import batch_indices
 from tsgen_jax.errors import CheckpointError, ConfigError
 from tsgen_jax.models import stage1 as stage1_model
 
@@ -67,7 +68,10 @@ def run_stage1(ctx: Context):
   s1 = cfg.stage1
   stream = BatchStream(ctx.dataset.train, s1.batch_size, cfg.seed,
                        sharding.data_sharding(ctx.mesh))
-  first = stream.host_batch(0)["x"] if s1.vq.kmeans_init else None
+  first = None
+  if s1.vq.kmeans_init:  # the whole first global batch, so every process gets the same init
+    first = ctx.dataset.train.take(
+        batch_indices(cfg.seed, 0, s1.batch_size, len(ctx.dataset.train)))[0]
   model, state, tx = stage1_setup(cfg, ctx.dataset, first)
   step = stage1_lib.make_train_step(model, s1, tx)
   state = trainer.run(loop_config(cfg, ctx.workdir, "stage1", s1), state, step, stream, ctx.mesh)

@@ -1,4 +1,5 @@
-"""Device mesh and shardings: batches split over 'data', state replicated (or FSDP later)."""
+"""Device mesh and shardings: batches split over 'data'; state replicated, or with the large
+arrays sharded over 'model' (FSDP-style) when the mesh has ``model > 1``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from tsgen_jax.errors import ConfigError
+
+# Arrays of the train state with at least this many elements are sharded over 'model' when
+# the mesh's model axis is larger than 1 (parameters and their optimiser moments alike).
+FSDP_MIN_SIZE = 2 ** 16
 
 
 def make_mesh(mesh_cfg=None, devices=None) -> Mesh:
@@ -43,3 +48,36 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def replicate_tree(tree, mesh: Mesh):
   """Places every leaf of ``tree`` replicated on the mesh."""
   return jax.device_put(tree, replicated(mesh))
+
+
+def fsdp_spec(shape, model_size: int, min_size: int = FSDP_MIN_SIZE) -> P:
+  """PartitionSpec of one array: its largest dimension divisible by ``model_size`` on 'model'
+  when the array has >= ``min_size`` elements and ``model_size > 1``; else replicated.
+
+  Ties go to the earlier dimension; an array none of whose dimensions divides stays replicated.
+  """
+  shape = tuple(int(d) for d in shape)
+  if model_size <= 1 or not shape or int(np.prod(shape)) < min_size:
+    return P()
+  for dim in sorted(range(len(shape)), key=lambda i: (-shape[i], i)):
+    if shape[dim] % model_size == 0:
+      return P(*([None] * dim + ["model"]))
+  return P()
+
+
+def state_shardings(state, mesh: Mesh, fsdp_min_size: int | None = None):
+  """A tree like ``state`` of NamedShardings: replicated, except (when ``mesh.shape['model'] >
+  1``) arrays of >= ``fsdp_min_size`` elements (default :data:`FSDP_MIN_SIZE`), which get their
+  largest divisible dimension split over 'model' (see :func:`fsdp_spec`).
+
+  With ``model == 1`` every leaf is replicated, as before the 'model' axis existed.
+  """
+  min_size = FSDP_MIN_SIZE if fsdp_min_size is None else int(fsdp_min_size)
+  model_size = int(mesh.shape.get("model", 1))
+  return jax.tree.map(
+      lambda a: NamedSharding(mesh, fsdp_spec(getattr(a, "shape", ()), model_size, min_size)), state)
+
+
+def place_state(state, mesh: Mesh, fsdp_min_size: int | None = None):
+  """Puts ``state`` on the mesh with :func:`state_shardings`."""
+  return jax.device_put(state, state_shardings(state, mesh, fsdp_min_size))

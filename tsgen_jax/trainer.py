@@ -2,8 +2,8 @@
 
 A stage supplies an initial state and a pure ``train_step(state, batch, rng) -> (state,
 metrics)``; this module compiles it with the batch sharded over 'data' and the state
-replicated (donated), restores the latest checkpoint, runs to ``num_steps`` and saves every
-``checkpoint_every`` steps, at the end, and when SIGTERM/SIGINT arrives.
+replicated, or FSDP-sharded over 'model' (donated), restores the latest checkpoint, runs to
+``num_steps`` and saves every ``checkpoint_every`` steps, at the end, and on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 from absl import logging
 
 from tsgen_jax import checkpoint as ckpt_lib
+from tsgen_jax import distributed
 from tsgen_jax import metrics_writer
 from tsgen_jax import sharding
 from tsgen_jax.data.pipeline import BatchStream
@@ -77,9 +78,11 @@ class _SignalFlag:
 
 
 def compile_step(train_step: Callable, mesh, state):
-  """jit-compiles ``train_step`` with the state replicated and donated, the batch on 'data'."""
+  """jit-compiles ``train_step`` with the state donated, the batch on 'data'. The state is
+  replicated, or FSDP-sharded over 'model' when the mesh has ``model > 1``
+  (:func:`sharding.state_shardings`)."""
   rep = sharding.replicated(mesh)
-  state_sh = jax.tree.map(lambda _: rep, state)
+  state_sh = sharding.state_shardings(state, mesh)
   batch_sh = sharding.data_sharding(mesh)
   return jax.jit(train_step, in_shardings=(state_sh, batch_sh, rep),
                  out_shardings=(state_sh, rep), donate_argnums=(0,))
@@ -117,7 +120,7 @@ def run(lc: LoopConfig, state, train_step: Callable, stream: BatchStream, mesh,
   ckpt = checkpointer or ckpt_lib.Checkpointer(
       f"{lc.workdir}/checkpoints/{lc.stage}", lc.keep_checkpoints)
   ckpt.check_config(lc.identity, lc.allow_config_change)
-  state = sharding.replicate_tree(state, mesh)
+  state = sharding.place_state(state, mesh)
   if ckpt.latest_step() is not None:
     _, state = ckpt.restore(state)
   start = int(state.step)
@@ -151,10 +154,12 @@ def run(lc: LoopConfig, state, train_step: Callable, stream: BatchStream, mesh,
             host["skipped_steps"] = float(skipped)
           writer.write(done, host)
           progress.update(done, {k: host[k] for k in list(host)[:6]})
-        if done % lc.checkpoint_every == 0 or done == lc.num_steps or flag.name:
+        # Every process must stop at the same step (saving is collective).
+        stop = distributed.any_process(flag.name is not None)
+        if done % lc.checkpoint_every == 0 or done == lc.num_steps or stop:
           ckpt.save(done, state)
-        if flag.name:
-          raise Interrupted(lc.stage, done, flag.name)
+        if stop:
+          raise Interrupted(lc.stage, done, flag.name or "SIGTERM (on another process)")
   finally:
     progress.close()
     writer.close()

@@ -231,7 +231,9 @@ class Projector(nn.Module):
         x = ViewBatchNorm(num_views, momentum=0.9, epsilon=1e-5, axis_name=self.axis_name,
                           dtype=self.dtype, name=f"BatchNorm_{i}")(x, train)
       x = nn.relu(x)
-    x = nn.Dense(self.out_dim, dtype=self.dtype)(x)
+    # No bias: every SSL loss here (and IterNorm) is invariant to a shift of the embedding, so
+    # its gradient would be exactly zero and Adam would only amplify float noise into updates.
+    x = nn.Dense(self.out_dim, use_bias=False, dtype=self.dtype)(x)
     if self.iternorm:
       norm = IterNorm(num_groups=self.iternorm_groups, num_iters=self.iternorm_iters,
                       axis_name=self.axis_name)
