@@ -47,7 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
   s.window = "hann"  # 'hann' (later TimeVQVAE) | 'boxcar' (paper version)
 
   c.stage1 = s1 = ml_collections.ConfigDict()
-  s1.num_steps = 600
+  s1.num_steps = 300  # CPU-sized default (~2 min for the plain VQ-VAE on CBF); see README
   s1.batch_size = 128
   s1.lr = 1e-3
   s1.weight_decay = 1e-5
@@ -84,13 +84,13 @@ def base_config() -> ml_collections.ConfigDict:
   ssl.iternorm_iters = 5
   ssl.augmentations = "amplitude_resize,slope,jitter"  # comma-separated, see augment.py
   ssl.aug = augment_lib.default_params()  # per-augmentation parameters
-  s1.checkpoint_every = 200
+  s1.checkpoint_every = 100
   s1.keep_checkpoints = 3
   s1.log_every = 20
 
   c.stage2 = s2 = ml_collections.ConfigDict()
   s2.stage1_workdir = ""  # take stage 1 from another workdir; '' = this one
-  s2.num_steps = 1000
+  s2.num_steps = 300  # CPU-sized default; see README
   s2.batch_size = 256
   s2.lr = 1e-3
   s2.weight_decay = 1e-5
@@ -103,7 +103,7 @@ def base_config() -> ml_collections.ConfigDict:
   s2.p_unconditional = 0.2
   s2.label_smoothing = 0.1
   s2.matmul_dtype = "float32"
-  s2.checkpoint_every = 500
+  s2.checkpoint_every = 100
   s2.keep_checkpoints = 3
   s2.log_every = 50
 
