@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -56,6 +55,9 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+_CACHE = None
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _compilation_cache(tmp_path_factory):
   """A persistent compilation cache shared by this module's 1-process runs (they compile the
@@ -64,9 +66,6 @@ def _compilation_cache(tmp_path_factory):
   _CACHE = str(tmp_path_factory.mktemp("jax_cache"))
   yield
   _CACHE = None
-
-
-_CACHE = None
 
 
 def _env(**extra):
@@ -181,12 +180,9 @@ def test_two_process_cli_run_matches_one_process_and_resumes_on_one(tmp_path):
       ["bash", LAUNCH, "-n", "2", "-d", "1", "-w", str(two), "--python", sys.executable,
        "--", *TINY, *steps], cwd=REPO, env=_env(TSGEN_INIT_TIMEOUT=60),
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  t0 = time.time()
   try:  # the single-process reference runs meanwhile
     _cli(one, *steps)
-    t1 = time.time()
     log = launched.communicate(timeout=300)[0]
-    t2 = time.time()
   finally:
     if launched.poll() is None:
       launched.kill()
@@ -213,7 +209,6 @@ def test_two_process_cli_run_matches_one_process_and_resumes_on_one(tmp_path):
 
   # (b) one process continues the 2-process run (a longer schedule: the config changed).
   out = _cli(two, "--config.stage1.num_steps=3", "--config.resume_ignore_config=True")
-  print(f"TIMING one {t1-t0:.1f} two {t2-t0:.1f} resume {time.time()-t2:.1f}")
   assert "step 3/3" in out and "step 1/3" not in out, out
   rows = [json.loads(l) for l in open(two / "metrics.jsonl")]
   assert [r["step"] for r in rows] == [1, 2, 3]

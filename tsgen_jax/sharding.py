@@ -74,8 +74,10 @@ def state_shardings(state, mesh: Mesh, fsdp_min_size: int | None = None):
   """
   min_size = FSDP_MIN_SIZE if fsdp_min_size is None else int(fsdp_min_size)
   model_size = int(mesh.shape.get("model", 1))
-  return jax.tree.map(
-      lambda a: NamedSharding(mesh, fsdp_spec(getattr(a, "shape", ()), model_size, min_size)), state)
+  def one(leaf):
+    return NamedSharding(mesh, fsdp_spec(getattr(leaf, "shape", ()), model_size, min_size))
+
+  return jax.tree.map(one, state)
 
 
 def place_state(state, mesh: Mesh, fsdp_min_size: int | None = None):
