@@ -178,3 +178,16 @@ def test_missing_ucr_dir_from_the_command_line(tmp_path):
   assert p.returncode == 2
   assert p.stderr.strip().startswith("error: UCR dataset(s) CBF need the archive folder")
   assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_tsne_plot_subsamples_and_skips_tiny_inputs(tmp_path):
+  from tsgen_jax import plots
+  rng = np.random.default_rng(0)
+  y = np.repeat(np.arange(3), 20)
+  f = rng.normal(size=(60, 8)) + 4 * y[:, None]
+  path = str(tmp_path / "tsne.png")
+  assert plots.embedding_tsne(f, y, path, max_points=40)
+  assert os.path.getsize(path) > 1000
+  assert plots.tsne_2d(f[:40]).shape == (40, 2)
+  assert not plots.embedding_tsne(f[:4], y[:4], str(tmp_path / "none.png"))
+  assert not os.path.exists(tmp_path / "none.png")

@@ -193,16 +193,24 @@ def run_dir(workdir: str, dataset: str, variant: str, seed: int) -> str:
   return os.path.join(workdir, dataset_dirname(dataset), variant, f"seed{seed}")
 
 
-def _config_json(cfg) -> dict:
-  """The config as plain JSON data, less where the data lives (not what it is)."""
-  d = json.loads(cfg.to_json_best_effort(sort_keys=True))
-  for key in ("data_dir", "cache_dir"):
-    d.get("dataset", {}).pop(key, None)
-  return d
+# What a run's stage-1 results depend on (as run.stage_identity and the eval fingerprint use):
+# other sections (stage2, sample, ...) and where the data lives may change without a rerun.
+_RESULT_SECTIONS = ("seed", "dataset", "stft", "stage1", "eval")
+
+
+def _result_config(d: dict) -> dict:
+  """The parts of a config (as JSON data) that the stage-1 results depend on."""
+  from tsgen_jax.run import _VOLATILE
+  out = {k: d.get(k) for k in _RESULT_SECTIONS}
+  out["dataset"] = {k: v for k, v in (out["dataset"] or {}).items()
+                    if k not in ("data_dir", "cache_dir")}
+  out["stage1"] = {k: v for k, v in (out["stage1"] or {}).items() if k not in _VOLATILE}
+  return out
 
 
 def is_done(directory: str, cfg) -> bool:
-  """Whether ``directory`` holds a finished run of exactly ``cfg``."""
+  """Whether ``directory`` holds finished stage-1 results of ``cfg`` (same seed, data, model,
+  training and eval settings)."""
   from tsgen_jax import workdir as wd
   s1 = wd.read_results(directory).get("stage1", {})
   if not all(k in s1 for k in PROBE_KEYS):
@@ -212,9 +220,7 @@ def is_done(directory: str, cfg) -> bool:
     return False
   with open(path) as f:
     stored = json.load(f)
-  for key in ("data_dir", "cache_dir"):
-    stored.get("dataset", {}).pop(key, None)
-  return stored == _config_json(cfg)
+  return _result_config(stored) == _result_config(json.loads(cfg.to_json_best_effort()))
 
 
 def run_all(study: Study, log=print, configs_dir: str | None = None) -> dict:
@@ -353,7 +359,8 @@ def budget_lines(study: Study, rows: list[dict]) -> list[str]:
 def markdown(study: Study, rows: list[dict], agg: list[dict], failed=()) -> str:
   out = ["# Stage-1 study: SSL vs plain VQ-VAE, linear-probe accuracy", ""]
   out += budget_lines(study, rows)
-  out += ["", "| dataset | variant | n | SVM | k-NN | SVM (q) | k-NN (q) | recon MSE | perplexity |",
+  out += ["", "| dataset | variant | n | SVM | k-NN | SVM (q) | k-NN (q) | recon MSE | "
+          "perplexity |",
           "|---|---|---|---|---|---|---|---|---|"]
   for a in agg:
     cells = [_pm(a[f"{m}_mean"], a[f"{m}_std"], 4 if m == "recon_mse" else
@@ -370,8 +377,9 @@ def markdown(study: Study, rows: list[dict], agg: list[dict], failed=()) -> str:
       cells = []
       for v in others:
         a = by[(d, v)]
-        dc = a["probe_svm_acc_mean"] - base["probe_svm_acc_mean"]
-        dq = a["probe_svm_acc_q_mean"] - base["probe_svm_acc_q_mean"]
+        # Rounded first (+ 0.0 turns -0.0 into 0.0) so the sign shown matches the digits.
+        dc = round(a["probe_svm_acc_mean"] - base["probe_svm_acc_mean"], 3) + 0.0
+        dq = round(a["probe_svm_acc_q_mean"] - base["probe_svm_acc_q_mean"], 3) + 0.0
         cells.append("–" if math.isnan(dc) else f"{dc:+.3f} / {dq:+.3f}")
       out.append(f"| {d} | " + " | ".join(cells) + " |")
   thesis = [d for d in study.datasets if d in THESIS_SVM]
