@@ -40,8 +40,3 @@ def create(params, model_state, tx) -> TrainState:
   """A fresh state at step 0."""
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
                     opt_state=tx.init(params))
-
-
-def global_norm(tree) -> jax.Array:
-  """L2 norm over all leaves."""
-  return optax.global_norm(tree)
