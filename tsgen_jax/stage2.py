@@ -181,7 +181,8 @@ def make_sampler(priors, specs, stage1_model, sample_cfg, num_classes: int):
           num_steps=int(sample_cfg.num_steps),
           choice_temperature=float(sample_cfg.choice_temperature),
           schedule=sample_cfg.mask_schedule, guidance_scale=scale,
-          null_class_id=null if num_classes > 0 else None)
+          null_class_id=null if num_classes > 0 else None,
+          first_step_class_ids=None if s.prefix else num_classes + 1)
     grids = {s.branch: flat[s.branch].reshape(-1, *s.grid) for s in specs}
     x = stage1_model.apply(stage1_vars, grids, method="decode_tokens")
     return x, jnp.concatenate([flat[s.branch] for s in specs], axis=1)

@@ -32,10 +32,37 @@ MASK_SCHEDULES = ("cosine", "linear", "square")
 _EMBED_INIT = nn.initializers.normal(stddev=0.02)
 
 
+def head_major_attention(query: jax.Array, key: jax.Array, value: jax.Array, bias=None,
+                         mask=None, dropout_rate: float = 0.0, deterministic: bool = True,
+                         dtype=None, **unused) -> jax.Array:
+  """``softmax(q k^T / sqrt(d)) v`` computed with heads moved in front of the sequence axis.
+
+  Same maths as ``flax.linen.dot_product_attention`` (softmax in float32), for the inference
+  path only: no bias, mask or dropout. On XLA:CPU the two batched einsums over
+  (B, heads, S, d) operands run ~3x faster than over flax's (B, S, heads, d) layout, which
+  shortens each MaskGIT forward pass by ~15 % (BENCHMARKS.md); the gradient is not faster, so
+  training keeps flax's own function.
+
+  Args:
+    query, key, value: (B, S, heads, d).
+
+  Returns:
+    (B, S, heads, d) in ``value``'s dtype.
+  """
+  if bias is not None or mask is not None or (dropout_rate > 0.0 and not deterministic):
+    raise ValueError("head_major_attention supports no bias, mask or dropout")
+  d = query.shape[-1]
+  q, k, v = (jnp.swapaxes(t, -3, -2) for t in (query, key, value))  # (B, heads, S, d)
+  logits = jnp.einsum("...qd,...kd->...qk", q / jnp.sqrt(jnp.asarray(d, q.dtype)), k)
+  weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+  return jnp.swapaxes(jnp.einsum("...qk,...kd->...qd", weights, v), -3, -2)
+
+
 class TransformerBlock(nn.Module):
   """Pre-norm block: ``x + Attn(RMSNorm(x))`` then ``x + MLP(RMSNorm(x))``, no causal mask.
 
-  The residual stream stays in float32; attention and MLP matmuls run in ``dtype``.
+  The residual stream stays in float32; attention and MLP matmuls run in ``dtype``. With
+  ``train=False`` the attention uses :func:`head_major_attention` (same result, faster on CPU).
   """
   hidden_dim: int
   n_heads: int
@@ -55,6 +82,7 @@ class TransformerBlock(nn.Module):
         deterministic=not train,
         force_fp32_for_softmax=True,
         dtype=self.dtype,
+        attention_fn=nn.dot_product_attention if train else head_major_attention,
         name="attn")(h, h)
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     x = x + h.astype(x.dtype)
@@ -302,7 +330,8 @@ def masked_token_metrics(logits: jax.Array, targets: jax.Array, mask: jax.Array,
 
 
 __all__ = [
-    "MASK_SCHEDULES", "TransformerBlock", "MaskGITTransformer", "init_token_embeddings",
+    "MASK_SCHEDULES", "head_major_attention", "TransformerBlock", "MaskGITTransformer",
+    "init_token_embeddings",
     "mask_ratio_schedule", "mask_count", "random_mask", "drop_class_labels",
     "masked_token_loss", "masked_token_accuracy", "masked_token_metrics",
 ]
