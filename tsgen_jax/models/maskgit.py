@@ -63,6 +63,9 @@ class TransformerBlock(nn.Module):
 
   The residual stream stays in float32; attention and MLP matmuls run in ``dtype``. With
   ``train=False`` the attention uses :func:`head_major_attention` (same result, faster on CPU).
+  The attention projections have no bias, as in x-transformers (TimeVQVAE's prior): the key
+  bias has an exactly zero gradient (softmax is shift invariant) that Adam would turn into
+  noise-driven updates, and the bias-gradient reductions cost ~13 % of the train step on CPU.
   """
   hidden_dim: int
   n_heads: int
@@ -81,6 +84,7 @@ class TransformerBlock(nn.Module):
         dropout_rate=self.dropout,
         deterministic=not train,
         force_fp32_for_softmax=True,
+        use_bias=False,
         dtype=self.dtype,
         attention_fn=nn.dot_product_attention if train else head_major_attention,
         name="attn")(h, h)
