@@ -191,3 +191,49 @@ def test_tsne_plot_subsamples_and_skips_tiny_inputs(tmp_path):
   assert plots.tsne_2d(f[:40]).shape == (40, 2)
   assert not plots.embedding_tsne(f[:4], y[:4], str(tmp_path / "none.png"))
   assert not os.path.exists(tmp_path / "none.png")
+
+
+def test_study_stage2_mode_runs_pipeline_and_tabulates_scores(tmp_path, monkeypatch, capsys):
+  from tsgen_jax import run as run_lib
+  calls = []
+
+  def fake(cfg, workdir):
+    calls.append(cfg.seed)
+    assert cfg.run == study.STAGE2_STAGES
+    wd.write_config(workdir, cfg)
+    wd.update_results(workdir, "stage1", {m: 0.5 for m in study.METRICS})
+    wd.update_results(workdir, "stage2", {m: 1.0 + cfg.seed + 0.1 * i
+                                          for i, m in enumerate(study.STAGE2_METRICS)})
+    return wd.read_results(workdir)
+
+  monkeypatch.setattr(run_lib, "run", fake)
+  workdir = str(tmp_path / "s2")
+  argv = ["study", "--datasets=synthetic", "--variants=vibcreg", "--seeds=0,2",
+          f"--workdir={workdir}", "--stage2", "--nocompilation_cache",
+          "--config_override=stage2.num_steps=9"]
+  study.cli(argv)
+  assert calls == [0, 2] and "fid 1.000" in capsys.readouterr().out
+  rows = _read_csv(os.path.join(workdir, "study.csv"))
+  for i, m in enumerate(study.STAGE2_METRICS):
+    vals = [1.0 + s + 0.1 * i for s in (0, 2)]
+    np.testing.assert_allclose(float(rows[0][f"{m}_mean"]), np.mean(vals), rtol=1e-6)
+    np.testing.assert_allclose(float(rows[0][f"{m}_std"]), np.std(vals, ddof=1), rtol=1e-5)
+  md = open(os.path.join(workdir, "study.md")).read()
+  assert "## Stage 2" in md and "| synthetic | vibcreg | 2 | 2.00 ± 1.41 | 2.10 ± 1.41 |" in md
+  assert "**9 steps at batch 256**" in md
+  # Stage-1-only results do not count as done in stage-2 mode (and vice versa they do).
+  calls.clear()
+  study.cli(argv)
+  assert calls == []
+  stage1_only = study.Study(datasets=["synthetic"], variants=["vibcreg"], seeds=[0],
+                            workdir=workdir)
+  d = study.run_dir(workdir, "synthetic", "vibcreg", 0)
+  cfg = study.run_config(stage1_only, "synthetic", "vibcreg", 0, study.find_configs_dir())
+  assert study.is_done(d, cfg)
+  with open(os.path.join(d, "results.json")) as f:
+    res = json.load(f)
+  del res["stage2"]
+  with open(os.path.join(d, "results.json"), "w") as f:
+    json.dump(res, f)
+  study.cli(argv)
+  assert calls == [0]

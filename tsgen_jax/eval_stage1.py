@@ -34,7 +34,7 @@ def make_eval_fn(model, variables):
   branches = model.vqvae.branch_names
 
   @jax.jit
-  def fn(x):
+  def fn(variables, x):
     out = model.apply(variables, x, train=False)
     z_e = model.apply(variables, x, method="encode")
     pooled = jnp.concatenate([z_e[n].mean(axis=(1, 2)) for n in branches], -1)
@@ -43,7 +43,9 @@ def make_eval_fn(model, variables):
             "tf_se": jnp.mean((out["s"] - out["s_hat"]) ** 2, axis=(1, 2, 3)),
             "pooled": pooled, "pooled_q": pooled_q,
             **{f"idx_{n}": out[f"{n}/indices"] for n in branches}}
-  return fn
+  # The variables are an argument, not closed-over constants: XLA would otherwise fold
+  # every weight into the program and compile far more slowly.
+  return lambda x: fn(variables, x)
 
 
 def codebook_stats(indices: np.ndarray, k: int) -> tuple[float, float]:

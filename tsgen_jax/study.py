@@ -1,4 +1,4 @@
-"""Stage-1 representation study: every (dataset, variant, seed) under one step budget.
+"""Representation (and generation) study: every (dataset, variant, seed) under one budget.
 
 ``python -m tsgen_jax.study --datasets=CBF,ECG5000,TwoPatterns --variants=vqvae,barlowtwins,vibcreg
 --seeds=0,1,2 --workdir=runs/study [--data_dir=ARCHIVE] [--num_steps=N] [--batch_size=B]
@@ -14,6 +14,10 @@ budget, runs ``stage1,eval_stage1`` in ``WORKDIR/<dataset>/<variant>/seed<k>`` a
 - ``WORKDIR/study_runs.csv``: one row per finished run;
 - ``WORKDIR/study_svm.png``: grouped bars of the SVM probe accuracy (continuous and quantised)
   with std error bars.
+
+With ``--stage2`` every run is the whole pipeline (stage1 → eval_stage1 → stage2 → sample →
+eval_stage2) and the report adds a stage-2 table: FCN FID, IS, CAS, the FCN's real-data accuracy
+and ROCKET FID (mean ± std over seeds), with the stage-2 budget in the header.
 
 Datasets are UCR archive folder names (archive root: ``--data_dir`` or ``$TSGEN_UCR_DIR``), or
 ``synthetic`` for the built-in synthetic CBF (``synthetic:<NAME>`` for another built-in
@@ -43,6 +47,8 @@ METRICS = ("probe_svm_acc", "probe_knn_acc", "probe_svm_acc_q", "probe_knn_acc_q
 PROBE_KEYS = METRICS[:4]
 SYNTHETIC = "synthetic"
 STAGES = "stage1,eval_stage1"
+STAGE2_METRICS = ("fid", "is", "cas", "fcn_real_acc", "rocket_fid")
+STAGE2_STAGES = "stage1,eval_stage1,stage2,sample,eval_stage2"
 
 # Published SVM probe accuracies (NC-VQVAE, 4 seeds, 1000 epochs): plain / Barlow Twins / VIbCReg.
 THESIS_SVM = {"FordA": (0.742, 0.839, 0.740), "TwoPatterns": (0.529, 0.906, 0.902),
@@ -64,6 +70,11 @@ class Study:
   configs_dir: str = ""
   command: str = ""
   compilation_cache: bool = True  # persistent XLA cache in WORKDIR/.jax_cache (seeds share it)
+  stage2: bool = False  # run the whole pipeline and report the stage-2 scores too
+
+  @property
+  def stages(self) -> str:
+    return STAGE2_STAGES if self.stage2 else STAGES
 
 
 # -- configs ----------------------------------------------------------------------------------
@@ -150,14 +161,14 @@ def run_config(study: Study, dataset: str, variant: str, seed: int, configs_dir:
     cfg.dataset.source = "ucr"
     cfg.dataset.name = dataset
     cfg.dataset.data_dir = study.data_dir
-  cfg.run = STAGES
+  cfg.run = study.stages
   if study.num_steps is not None:
     cfg.stage1.num_steps = int(study.num_steps)
   if study.batch_size is not None:
     cfg.stage1.batch_size = int(study.batch_size)
   for item in study.overrides:
     apply_override(cfg, item)
-  cfg.run = STAGES
+  cfg.run = study.stages
   return cfg
 
 
@@ -196,31 +207,40 @@ def run_dir(workdir: str, dataset: str, variant: str, seed: int) -> str:
 # What a run's stage-1 results depend on (as run.stage_identity and the eval fingerprint use):
 # other sections (stage2, sample, ...) and where the data lives may change without a rerun.
 _RESULT_SECTIONS = ("seed", "dataset", "stft", "stage1", "eval")
+_STAGE2_SECTIONS = ("stage2", "sample")
 
 
-def _result_config(d: dict) -> dict:
-  """The parts of a config (as JSON data) that the stage-1 results depend on."""
+def _result_config(d: dict, stage2: bool = False) -> dict:
+  """The parts of a config (as JSON data) that the stage-1 (and, with ``stage2``, the stage-2)
+  results depend on."""
   from tsgen_jax.run import _VOLATILE
-  out = {k: d.get(k) for k in _RESULT_SECTIONS}
+  sections = _RESULT_SECTIONS + (_STAGE2_SECTIONS if stage2 else ())
+  out = {k: d.get(k) for k in sections}
   out["dataset"] = {k: v for k, v in (out["dataset"] or {}).items()
                     if k not in ("data_dir", "cache_dir")}
-  out["stage1"] = {k: v for k, v in (out["stage1"] or {}).items() if k not in _VOLATILE}
+  for k in ("stage1",) + (("stage2",) if stage2 else ()):
+    out[k] = {key: v for key, v in (out[k] or {}).items() if key not in _VOLATILE}
   return out
 
 
-def is_done(directory: str, cfg) -> bool:
+def is_done(directory: str, cfg, stage2: bool = False) -> bool:
   """Whether ``directory`` holds finished stage-1 results of ``cfg`` (same seed, data, model,
-  training and eval settings)."""
+  training and eval settings); with ``stage2`` also finished stage-2 scores of the same
+  stage-2 and sampling settings."""
   from tsgen_jax import workdir as wd
-  s1 = wd.read_results(directory).get("stage1", {})
+  results = wd.read_results(directory)
+  s1 = results.get("stage1", {})
   if not all(k in s1 for k in PROBE_KEYS):
+    return False
+  if stage2 and "rocket_fid" not in results.get("stage2", {}):
     return False
   path = os.path.join(directory, "config.json")
   if not os.path.exists(path):
     return False
   with open(path) as f:
     stored = json.load(f)
-  return _result_config(stored) == _result_config(json.loads(cfg.to_json_best_effort()))
+  return (_result_config(stored, stage2) ==
+          _result_config(json.loads(cfg.to_json_best_effort()), stage2))
 
 
 def run_all(study: Study, log=print, configs_dir: str | None = None) -> dict:
@@ -243,7 +263,7 @@ def run_all(study: Study, log=print, configs_dir: str | None = None) -> dict:
         tag = f"[{i}/{total}] {dataset} {variant} seed{seed}"
         try:
           cfg = run_config(study, dataset, variant, seed, configs_dir)
-          if is_done(directory, cfg):
+          if is_done(directory, cfg, study.stage2):
             log(f"{tag}: done already, skipping")
             status["skipped"].append(key)
             continue
@@ -258,7 +278,7 @@ def run_all(study: Study, log=print, configs_dir: str | None = None) -> dict:
           log(f"{tag}: {wall:.0f} s, svm {s1.get('probe_svm_acc', float('nan')):.3f} "
               f"(q {s1.get('probe_svm_acc_q', float('nan')):.3f}), "
               f"knn {s1.get('probe_knn_acc', float('nan')):.3f}, "
-              f"recon {s1.get('recon_mse', float('nan')):.4f}")
+              f"recon {s1.get('recon_mse', float('nan')):.4f}" + _stage2_summary(results))
           status["done"].append(key)
         except Exception as e:  # one failed run must not lose the others
           from tsgen_jax.trainer import Interrupted
@@ -272,6 +292,18 @@ def run_all(study: Study, log=print, configs_dir: str | None = None) -> dict:
   return status
 
 
+def _stage2_summary(results: dict) -> str:
+  s2 = results.get("stage2", {})
+  if not s2:
+    return ""
+  return ", " + ", ".join(f"{m} {s2[m]:.3f}" for m in STAGE2_METRICS if m in s2)
+
+
+def metrics_of(study: Study) -> tuple[str, ...]:
+  """The per-run metrics a study's tables hold."""
+  return METRICS + (STAGE2_METRICS if study.stage2 else ())
+
+
 # -- tables -----------------------------------------------------------------------------------
 
 def collect(study: Study) -> list[dict]:
@@ -282,11 +314,17 @@ def collect(study: Study) -> list[dict]:
     for variant in study.variants:
       for seed in study.seeds:
         directory = run_dir(study.workdir, dataset, variant, seed)
-        s1 = wd.read_results(directory).get("stage1", {})
+        results = wd.read_results(directory)
+        s1 = results.get("stage1", {})
         if not all(k in s1 for k in PROBE_KEYS):
+          continue
+        if study.stage2 and "rocket_fid" not in results.get("stage2", {}):
           continue
         row = {"dataset": dataset, "variant": variant, "seed": seed}
         row.update({m: float(s1.get(m, float("nan"))) for m in METRICS})
+        if study.stage2:
+          s2 = results["stage2"]
+          row.update({m: float(s2.get(m, float("nan"))) for m in STAGE2_METRICS})
         row["num_steps"] = s1.get("num_steps", "")
         wall = float("nan")
         path = os.path.join(directory, "study_run.json")
@@ -313,7 +351,7 @@ def aggregate(study: Study, rows: list[dict]) -> list[dict]:
     for variant in study.variants:
       sel = [r for r in rows if r["dataset"] == dataset and r["variant"] == variant]
       agg = {"dataset": dataset, "variant": variant, "n": len(sel)}
-      for m in METRICS:
+      for m in metrics_of(study):
         agg[f"{m}_mean"], agg[f"{m}_std"] = mean_std([r[m] for r in sel])
       out.append(agg)
   return out
@@ -343,11 +381,14 @@ def budget_lines(study: Study, rows: list[dict]) -> list[str]:
   lines = [f"- budget: stage-1 **{steps} steps at batch {batch}** for every variant, "
            f"seeds {','.join(map(str, study.seeds))}, the same for every dataset",
            f"- datasets: {', '.join(study.datasets)}; variants: {', '.join(study.variants)}"]
+  if study.stage2:
+    lines.append(f"- stage 2: {_stage2_budget(study, rows)}, whole pipeline per run")
   if study.overrides:
     lines.append(f"- config overrides: `{' '.join(study.overrides)}`")
   if walls:
     lines.append(f"- wall time: {sum(walls) / 60:.1f} min over {len(walls)} timed runs "
-                 f"(median {np.median(walls):.0f} s per run, stage 1 + eval, CPU)")
+                 f"(median {np.median(walls):.0f} s per run, "
+                 f"{'whole pipeline' if study.stage2 else 'stage 1 + eval'}, CPU)")
   if study.command:
     lines.append(f"- command: `{study.command}`")
   lines.append("- mean ± std over seeds (sample std, ddof=1); probes: linear SVM and 5-NN on "
@@ -356,8 +397,28 @@ def budget_lines(study: Study, rows: list[dict]) -> list[str]:
   return lines
 
 
+def _stage2_budget(study: Study, rows: list[dict]) -> str:
+  """The stage-2 budgets (steps at batch, sampling steps) of the finished runs' configs."""
+  budgets = []
+  for r in rows:
+    path = os.path.join(run_dir(study.workdir, r["dataset"], r["variant"], r["seed"]),
+                        "config.json")
+    try:
+      with open(path) as f:
+        c = json.load(f)
+      b = (f"**{c['stage2']['num_steps']} steps at batch {c['stage2']['batch_size']}**, "
+           f"sampling T={c['sample']['num_steps']}, guidance {c['sample']['guidance_scale']}")
+    except (OSError, KeyError, ValueError):
+      continue
+    if b not in budgets:
+      budgets.append(b)
+  return "; ".join(budgets) or "the configs' stage2.* settings"
+
+
 def markdown(study: Study, rows: list[dict], agg: list[dict], failed=()) -> str:
-  out = ["# Stage-1 study: SSL vs plain VQ-VAE, linear-probe accuracy", ""]
+  title = ("Study: SSL vs plain VQ-VAE, linear probes and generated series" if study.stage2
+           else "Stage-1 study: SSL vs plain VQ-VAE, linear-probe accuracy")
+  out = [f"# {title}", ""]
   out += budget_lines(study, rows)
   out += ["", "| dataset | variant | n | SVM | k-NN | SVM (q) | k-NN (q) | recon MSE | "
           "perplexity |",
@@ -387,6 +448,18 @@ def markdown(study: Study, rows: list[dict], agg: list[dict], failed=()) -> str:
     out += ["", "Published SVM probe accuracy (NC-VQVAE, 1000 epochs, 4 seeds), plain / Barlow "
             "Twins / VIbCReg: " + "; ".join(
                 f"{d} {' / '.join(f'{x:.3f}' for x in THESIS_SVM[d])}" for d in thesis) + "."]
+  if study.stage2:
+    out += ["", "## Stage 2: generated series (mean ± std over seeds)", "",
+            "| dataset | variant | n | FID (FCN) | IS | CAS | FCN real acc | ROCKET FID |",
+            "|---|---|---|---|---|---|---|---|"]
+    for a in agg:
+      cells = [_pm(a[f"{m}_mean"], a[f"{m}_std"], 2 if m in ("fid", "rocket_fid", "is") else 3)
+               for m in STAGE2_METRICS]
+      out.append(f"| {a['dataset']} | {a['variant']} | {a['n']} | " + " | ".join(cells) + " |")
+    out += ["", "FID: FCN features of the real test split vs unconditional samples "
+            "(n = max(n_test, 256)); CAS: FCN trained on class-conditional samples, accuracy on "
+            "the real test split (FCN real acc is its ceiling). TimeVQVAE paper (FID / CAS): "
+            "CBF 2.3 / 96.5%, ECG5000 0.7 / 93.3%, TwoPatterns 2.2 / 86.5%."]
   if failed:
     out += ["", "## Failed runs", ""]
     out += [f"- {d} {v} seed{s}: {msg}" for d, v, s, msg in failed]
@@ -433,10 +506,11 @@ def write_report(study: Study, failed=()) -> dict:
   paths = {k: os.path.join(study.workdir, f) for k, f in
            (("md", "study.md"), ("csv", "study.csv"), ("runs_csv", "study_runs.csv"),
             ("png", "study_svm.png"))}
-  fields = ["dataset", "variant", "n"] + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
+  metrics = metrics_of(study)
+  fields = ["dataset", "variant", "n"] + [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
   _write_csv(paths["csv"], agg, fields)
   _write_csv(paths["runs_csv"], rows,
-             ["dataset", "variant", "seed", *METRICS, "num_steps", "wall_s"])
+             ["dataset", "variant", "seed", *metrics, "num_steps", "wall_s"])
   with open(paths["md"], "w") as f:
     f.write(markdown(study, rows, agg, failed))
   bar_chart(study, agg, paths["png"])
@@ -492,6 +566,8 @@ def _define_flags():
   flags.DEFINE_bool("compilation_cache", True, "Keep compiled programs in WORKDIR/.jax_cache "
                     "(unless $JAX_COMPILATION_CACHE_DIR is set) so seeds share compilations.",
                     flag_values=fv)
+  flags.DEFINE_bool("stage2", False, "Run the whole pipeline per run and report the stage-2 "
+                    "scores (FID, IS, CAS, ROCKET FID) too.", flag_values=fv)
   flags.DEFINE_string("configs_dir", "", "Folder with <variant>.py configs (default: the repo's "
                       "configs/).", flag_values=fv)
   return fv
@@ -536,6 +612,7 @@ def study_from_flags(fv, argv) -> Study:
                workdir=fv.workdir, data_dir=fv.data_dir, num_steps=fv.num_steps,
                batch_size=fv.batch_size, overrides=list(fv.config_override),
                configs_dir=fv.configs_dir, compilation_cache=fv.compilation_cache,
+               stage2=fv.stage2,
                command="python -m tsgen_jax.study " + " ".join(shlex.quote(a) for a in argv[1:]))
 
 
