@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 
 import jax
 import numpy as np
@@ -257,7 +258,12 @@ def run(cfg, workdir: str):
         print(f"== {stage}: complete, skipping ==", flush=True)
         continue
     print(f"== {stage} ==", flush=True)
+    t0 = time.perf_counter()
     STAGES[stage](ctx)
+    wall = time.perf_counter() - t0
+    print(f"== {stage}: {wall:.0f} s ==", flush=True)
+    # Wall-clock seconds of the stage's last run (a resumed training stage: of the resumed part).
+    wd.update_results(workdir, "_wall_s", {stage: round(wall, 1)})
     if fingerprint is not None:
       wd.update_results(workdir, "_done", {stage: fingerprint})
   return wd.read_results(workdir)
