@@ -89,6 +89,8 @@ def table(rows) -> str:
     vals = []
     for c, _ in cols:
       v = r.get(c)
+      if c == "name" and r.get("run"):
+        v = f"{v} *"  # from an earlier run (results.json 'run' says which)
       if c == "fraction_of_peak" and v is not None:
         v = f"{100 * v:.0f}%"
       vals.append(fmt(v))
