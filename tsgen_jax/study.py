@@ -375,8 +375,10 @@ def _pm(mean: float, std: float, digits: int = 3) -> str:
 
 
 def budget_lines(study: Study, rows: list[dict]) -> list[str]:
-  steps = study.num_steps if study.num_steps is not None else "config default"
-  batch = study.batch_size if study.batch_size is not None else "config default"
+  steps = study.num_steps if study.num_steps is not None else _from_configs(study, rows,
+                                                                            "num_steps")
+  batch = study.batch_size if study.batch_size is not None else _from_configs(study, rows,
+                                                                             "batch_size")
   walls = [r["wall_s"] for r in rows if not math.isnan(r["wall_s"])]
   lines = [f"- budget: stage-1 **{steps} steps at batch {batch}** for every variant, "
            f"seeds {','.join(map(str, study.seeds))}, the same for every dataset",
@@ -395,6 +397,23 @@ def budget_lines(study: Study, rows: list[dict]) -> list[str]:
                "average-pooled test latents (continuous, and quantised `_q`), features scaled "
                "to [-1, 1] with the train split's min/max")
   return lines
+
+
+def _from_configs(study: Study, rows: list[dict], key: str) -> str:
+  """``stage1.<key>`` of the finished runs' configs ('/'-joined if they differ), or
+  'config default' when none can be read."""
+  values = []
+  for r in rows:
+    path = os.path.join(run_dir(study.workdir, r["dataset"], r["variant"], r["seed"]),
+                        "config.json")
+    try:
+      with open(path) as f:
+        v = str(json.load(f)["stage1"][key])
+    except (OSError, KeyError, ValueError):
+      continue
+    if v not in values:
+      values.append(v)
+  return "/".join(values) or "config default"
 
 
 def _stage2_budget(study: Study, rows: list[dict]) -> str:
