@@ -115,7 +115,7 @@ def init_variables(model: model_lib.Stage1Model, key, num_channels: int, length:
   x = jnp.zeros((2, num_channels, length), jnp.float32)
   views = (x, x) if ssl else (None, None)
   k_params, k_vq = jax.random.split(key)
-  # Jitted: eager init dispatches (and compiles) every op separately, ~2x slower.
+  # Jitted: an eager init dispatches every op of the (wide, two-view) model separately.
   init = jax.jit(lambda rngs, x, v1, v2: model.init(rngs, x, v1, v2, train=False))
   return init({"params": k_params, "vq": k_vq}, x, *views)
 
