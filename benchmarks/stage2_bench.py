@@ -51,17 +51,14 @@ def bench_sample(num: int, steps: int, scale: float, peak_gflops=None,
   sampler = stage2.make_sampler(priors, specs, s1_model, cfg.sample, NUM_CLASSES)
   ids = jnp.asarray(np.arange(num) % NUM_CLASSES, jnp.int32)
   name = f"sample_{num}_t{steps}_s{scale:g}"
-  r = common.bench_pure(name, sampler, (state.params, s1_vars, jax.random.key(3), ids), iters,
-                        peak_gflops)
-  r["series_per_s"] = round(num / (r["median_ms"] / 1e3), 1)
   # XLA's cost analysis counts a fori_loop body once, so count the sampler's flops from its
   # parts: the transformer passes it makes (see sampling.iterative_decode) plus the decoder.
   flops = _sampler_flops(cfg, s1_model, s1_vars, specs, priors, state.params, ids)
-  r["gflop"] = round(flops / 1e9, 4)
-  r["gflops_per_s"] = round(flops / 1e9 / (r["median_ms"] / 1e3), 2)
-  if peak_gflops:
-    r["fraction_of_peak"] = round(r["gflops_per_s"] / peak_gflops, 4)
-  r["gflop_note"] = "T transformer passes per prior + decoder (loop body counted T times)"
+  r = common.bench_pure(name, sampler, (state.params, s1_vars, jax.random.key(3), ids), iters,
+                        peak_gflops, flops=flops,
+                        gflop_note="T transformer passes per prior + decoder (loop body "
+                                   "counted T times)")
+  r["series_per_s"] = round(num / (r["median_ms"] / 1e3), 1)
   return r
 
 

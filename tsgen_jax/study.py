@@ -161,7 +161,6 @@ def run_config(study: Study, dataset: str, variant: str, seed: int, configs_dir:
     cfg.dataset.source = "ucr"
     cfg.dataset.name = dataset
     cfg.dataset.data_dir = study.data_dir
-  cfg.run = study.stages
   if study.num_steps is not None:
     cfg.stage1.num_steps = int(study.num_steps)
   if study.batch_size is not None:
@@ -223,16 +222,20 @@ def _result_config(d: dict, stage2: bool = False) -> dict:
   return out
 
 
+def has_results(results: dict, stage2: bool = False) -> bool:
+  """Whether a run's results.json data holds the stage-1 probes (and, with ``stage2``, the
+  stage-2 scores, written last by eval_stage2)."""
+  if not all(k in results.get("stage1", {}) for k in PROBE_KEYS):
+    return False
+  return not stage2 or "rocket_fid" in results.get("stage2", {})
+
+
 def is_done(directory: str, cfg, stage2: bool = False) -> bool:
   """Whether ``directory`` holds finished stage-1 results of ``cfg`` (same seed, data, model,
   training and eval settings); with ``stage2`` also finished stage-2 scores of the same
   stage-2 and sampling settings."""
   from tsgen_jax import workdir as wd
-  results = wd.read_results(directory)
-  s1 = results.get("stage1", {})
-  if not all(k in s1 for k in PROBE_KEYS):
-    return False
-  if stage2 and "rocket_fid" not in results.get("stage2", {}):
+  if not has_results(wd.read_results(directory), stage2):
     return False
   path = os.path.join(directory, "config.json")
   if not os.path.exists(path):
@@ -315,11 +318,9 @@ def collect(study: Study) -> list[dict]:
       for seed in study.seeds:
         directory = run_dir(study.workdir, dataset, variant, seed)
         results = wd.read_results(directory)
-        s1 = results.get("stage1", {})
-        if not all(k in s1 for k in PROBE_KEYS):
+        if not has_results(results, study.stage2):
           continue
-        if study.stage2 and "rocket_fid" not in results.get("stage2", {}):
-          continue
+        s1 = results["stage1"]
         row = {"dataset": dataset, "variant": variant, "seed": seed}
         row.update({m: float(s1.get(m, float("nan"))) for m in METRICS})
         if study.stage2:
@@ -399,38 +400,37 @@ def budget_lines(study: Study, rows: list[dict]) -> list[str]:
   return lines
 
 
-def _from_configs(study: Study, rows: list[dict], key: str) -> str:
-  """``stage1.<key>`` of the finished runs' configs ('/'-joined if they differ), or
-  'config default' when none can be read."""
+def _distinct_from_configs(study: Study, rows: list[dict], describe) -> list[str]:
+  """The distinct ``describe(config dict)`` strings of the finished runs' config.json files,
+  in run order; runs whose config cannot be read (or lacks a key) are left out."""
   values = []
   for r in rows:
     path = os.path.join(run_dir(study.workdir, r["dataset"], r["variant"], r["seed"]),
                         "config.json")
     try:
       with open(path) as f:
-        v = str(json.load(f)["stage1"][key])
+        v = describe(json.load(f))
     except (OSError, KeyError, ValueError):
       continue
     if v not in values:
       values.append(v)
+  return values
+
+
+def _from_configs(study: Study, rows: list[dict], key: str) -> str:
+  """``stage1.<key>`` of the finished runs' configs ('/'-joined if they differ), or
+  'config default' when none can be read."""
+  values = _distinct_from_configs(study, rows, lambda c: str(c["stage1"][key]))
   return "/".join(values) or "config default"
 
 
 def _stage2_budget(study: Study, rows: list[dict]) -> str:
   """The stage-2 budgets (steps at batch, sampling steps) of the finished runs' configs."""
-  budgets = []
-  for r in rows:
-    path = os.path.join(run_dir(study.workdir, r["dataset"], r["variant"], r["seed"]),
-                        "config.json")
-    try:
-      with open(path) as f:
-        c = json.load(f)
-      b = (f"**{c['stage2']['num_steps']} steps at batch {c['stage2']['batch_size']}**, "
-           f"sampling T={c['sample']['num_steps']}, guidance {c['sample']['guidance_scale']}")
-    except (OSError, KeyError, ValueError):
-      continue
-    if b not in budgets:
-      budgets.append(b)
+  budgets = _distinct_from_configs(
+      study, rows,
+      lambda c: (f"**{c['stage2']['num_steps']} steps at batch {c['stage2']['batch_size']}**, "
+                 f"sampling T={c['sample']['num_steps']}, "
+                 f"guidance {c['sample']['guidance_scale']}"))
   return "; ".join(budgets) or "the configs' stage2.* settings"
 
 
