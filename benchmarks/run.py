@@ -5,8 +5,9 @@ min_ms, max_ms, gflops_per_s, fraction_of_peak, compile_s, peak_mem_mb, ...). Ev
 is the median of >= 20 calls after warm-up. ``fraction_of_peak`` is relative to a 2048^3
 float32 jnp.dot measured in the same run (row ``matmul_f32_2048``).
 
-Names: stage1_{plain,barlowtwins,vibcreg,lfhf}_b{128,32}, stage1_plain_L{128,512,1024}_b{32,
-128,512}, stage2_train_b{256,32}, sample_256_t10_s{1,2}, augment_<name>,
+Names: stage1_{plain,barlowtwins,vibcreg,lfhf,vibcreg_lfhf}_b{128,32}, stage1_plain_L{128,512,
+1024}_b{32,128,512}, stage2_train_b{256,32}, stage2_train_lfhf_b128 (the default config's
+stage-2 step), sample_256_t10_s{1,2}, augment_<name>,
 augment_default_views, data_pipeline (both host/device rows). ``--only`` also accepts a
 prefix ending in '*' (e.g. ``stage1_*``).
 """
@@ -26,7 +27,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 ALL_NAMES = ([f"stage1_{v}_b{b}" for b in (128, 32) for v in stage1_bench.VARIANTS]
              + [f"stage1_plain_L{l}_b{b}" for l in (128, 512, 1024) for b in (32, 128, 512)]
-             + ["stage2_train_b256", "stage2_train_b32", "sample_256_t10_s1",
+             + ["stage2_train_b256", "stage2_train_b32", "stage2_train_lfhf_b128",
+                "sample_256_t10_s1",
                 "sample_256_t10_s2"]
              + [f"augment_{n}" for n in list(__import__("tsgen_jax.augment").augment.AUGMENTATIONS)
                 + ["default_views"]]

@@ -39,6 +39,7 @@ def child(n: int, batch: int, iters: int, params_out: str) -> dict:
 
   assert jax.device_count() == n, jax.devices()
   cfg = base_config()  # the default stage-1 model (dim 64, 4 residual blocks)
+  cfg.stage1.lfhf = False  # the single codebook, as the stage1_plain rows
   cfg.stage1.batch_size = batch
   ds = load_dataset(cfg.dataset, cfg.stft.n_fft)
   mesh = sharding.make_mesh(cfg.mesh)

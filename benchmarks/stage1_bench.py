@@ -12,7 +12,8 @@ from tsgen_jax import sharding, stage1, trainer
 from tsgen_jax.config import base_config
 from tsgen_jax.data import load_dataset
 
-VARIANTS = ("plain", "barlowtwins", "vibcreg", "lfhf")
+# "vibcreg_lfhf" is the main config's step (configs/vibcreg.py with the default LF/HF split).
+VARIANTS = ("plain", "barlowtwins", "vibcreg", "lfhf", "vibcreg_lfhf")
 
 
 def make_config(variant: str, batch: int, length: int = 128, matmul_dtype="float32"):
@@ -22,11 +23,12 @@ def make_config(variant: str, batch: int, length: int = 128, matmul_dtype="float
   cfg.dataset.num_test = 8
   cfg.stage1.batch_size = batch
   cfg.stage1.matmul_dtype = matmul_dtype
-  if variant in ("barlowtwins", "vibcreg"):
-    cfg.stage1.ssl.method = variant
-    cfg.stage1.ssl.weight = 1.0 if variant == "barlowtwins" else 0.01
-  if variant == "lfhf":
-    cfg.stage1.lfhf = True
+  method = variant.removesuffix("_lfhf")
+  if method in ("barlowtwins", "vibcreg"):
+    cfg.stage1.ssl.method = method
+    cfg.stage1.ssl.weight = 1.0 if method == "barlowtwins" else 0.01
+  # NC-VQVAE's rows (plain, SSL) use its single codebook; "*lfhf" rows TimeVQVAE's split.
+  cfg.stage1.lfhf = variant.endswith("lfhf")
   return cfg
 
 

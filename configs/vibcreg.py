@@ -7,6 +7,4 @@ def get_config():
   c = base_config()
   c.stage1.ssl.method = "vibcreg"
   c.stage1.ssl.weight = 0.01
-  # A two-view step costs ~3x a plain one on a CPU: half the steps keeps the default run short.
-  c.stage1.num_steps = 150
   return c

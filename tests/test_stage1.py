@@ -106,13 +106,19 @@ def test_variants_train(tmp_path, variant):
   assert np.isfinite(res[key])
 
 
-def test_eval_stage1_writes_results_and_plots(tmp_path):
-  cfg = tiny_config(run="stage1,eval_stage1")
+@pytest.mark.parametrize("lfhf", [True, False])
+def test_eval_stage1_writes_results_and_plots(tmp_path, lfhf):
+  cfg = tiny_config(run="stage1,eval_stage1", **{"stage1.lfhf": lfhf})
   res = run_lib.run(cfg, str(tmp_path))["stage1"]
-  for key in ("recon_mse", "tf_mse", "perplexity", "codebook_usage", "probe_svm_acc",
-              "probe_knn_acc", "probe_svm_acc_q", "probe_knn_acc_q"):
+  # One perplexity and usage per codebook: LF/HF (the default) has two.
+  suffixes = ("_lf", "_hf") if lfhf else ("",)
+  codebook_keys = [f"{m}{s}" for m in ("perplexity", "codebook_usage") for s in suffixes]
+  for key in ["recon_mse", "tf_mse", "probe_svm_acc", "probe_knn_acc", "probe_svm_acc_q",
+              "probe_knn_acc_q"] + codebook_keys:
     assert key in res and np.isfinite(res[key]), key
-  assert 1.0 <= res["perplexity"] <= 8 and 0 < res["codebook_usage"] <= 1
+  assert ("perplexity" in res) == (not lfhf)
+  for s in suffixes:
+    assert 1.0 <= res[f"perplexity{s}"] <= 8 and 0 < res[f"codebook_usage{s}"] <= 1
   for name in ("stage1_reconstructions.png", "stage1_codebook_usage.png",
                "stage1_latent_pca.png"):
     assert os.path.getsize(tmp_path / "plots" / name) > 1000

@@ -46,8 +46,8 @@ def test_samples_file_and_plots(pipeline):
 def test_eval_stage2_results(pipeline):
   _, workdir, results = pipeline
   s2 = results["stage2"]
-  for key in ("fid", "is", "cas", "fcn_real_acc", "rocket_fid", "marginal_wasserstein",
-              "acf_diff", "skew_diff", "kurtosis_diff"):
+  for key in ("fid", "fid_train", "is", "cas", "fcn_real_acc", "rocket_fid",
+              "marginal_wasserstein", "acf_diff", "skew_diff", "kurtosis_diff"):
     assert key in s2 and np.isfinite(s2[key]), key
   assert 1.0 <= s2["is"] <= 3.0 and 0.0 <= s2["cas"] <= 1.0 and s2["fid"] >= 0
   assert s2["num_uncond_samples"] == 256  # max(n_test = 90, 256)

@@ -43,7 +43,8 @@ def _check_tables(workdir, variants, seeds, dataset="synthetic", all_variants=No
                for s in seeds]
     assert int(r["n"]) == len(seeds)
     for m in study.METRICS:
-      vals = np.array([p[m] for p in per_run], np.float64)
+      # A metric a run lacks (LF/HF runs have no single-codebook perplexity) is nan.
+      vals = np.array([p.get(m, np.nan) for p in per_run], np.float64)
       np.testing.assert_allclose(float(r[f"{m}_mean"]), vals.mean(), rtol=1e-5, atol=1e-9)
       np.testing.assert_allclose(float(r[f"{m}_std"]), vals.std(ddof=1), rtol=1e-5, atol=1e-9)
     svm = np.array([p["probe_svm_acc"] for p in per_run])
@@ -63,6 +64,7 @@ def test_tiny_study_end_to_end_then_resume(tmp_path, capsys):
   md = _check_tables(workdir, ["vqvae", "barlowtwins"], [0, 1])
   assert "**2 steps at batch 16**" in md and "seeds 0,1" in md
   assert "--datasets=synthetic" in md and "stage1.dim=16" in md
+  assert " | LF " in md and " / HF " in md  # the default LF/HF runs: one perplexity per codebook
   run0 = study.run_dir(workdir, "synthetic", "vqvae", 0)
   assert os.path.exists(os.path.join(run0, "plots", "stage1_latent_tsne.png"))
   assert wd.read_results(run0)["stage1"]["num_steps"] == 2
@@ -220,7 +222,7 @@ def test_study_stage2_mode_runs_pipeline_and_tabulates_scores(tmp_path, monkeypa
     np.testing.assert_allclose(float(rows[0][f"{m}_std"]), np.std(vals, ddof=1), rtol=1e-5)
   md = open(os.path.join(workdir, "study.md")).read()
   assert "## Stage 2" in md and "| synthetic | vibcreg | 2 | 2.00 ± 1.41 | 2.10 ± 1.41 |" in md
-  assert "**9 steps at batch 256**" in md
+  assert "**9 steps at batch 128**" in md
   # Stage-1-only results do not count as done in stage-2 mode (and vice versa they do).
   calls.clear()
   study.cli(argv)
@@ -237,3 +239,14 @@ def test_study_stage2_mode_runs_pipeline_and_tabulates_scores(tmp_path, monkeypa
     json.dump(res, f)
   study.cli(argv)
   assert calls == [0]
+
+
+def test_perplexity_cell_single_and_lfhf():
+  nan = float("nan")
+  single = {"perplexity_mean": 20.04, "perplexity_std": 1.5, "perplexity_lf_mean": nan,
+            "perplexity_lf_std": nan, "perplexity_hf_mean": nan, "perplexity_hf_std": nan}
+  assert study._perplexity_cell(single) == "20.0 ± 1.5"
+  split = dict(single, perplexity_mean=nan, perplexity_std=nan, perplexity_lf_mean=12.34,
+               perplexity_lf_std=0.5, perplexity_hf_mean=23.83, perplexity_hf_std=0.0)
+  assert study._perplexity_cell(split) == "LF 12.3 ± 0.5 / HF 23.8 ± 0.0"
+  assert study._perplexity_cell(dict(split, perplexity_lf_mean=nan)) == "–"

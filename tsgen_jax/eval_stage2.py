@@ -3,14 +3,18 @@
 With labels: the supervised FCN (REFERENCE.md), trained once per dataset and seed and cached,
 gives FID (real test split vs unconditional samples, n = max(n_test, 256)), IS (10 splits),
 CAS (an FCN trained on >= 1000 class-conditional samples in the train proportions, tested on
-the real test split) and ``fcn_real_acc`` (the FCN's own test accuracy: CAS's ceiling).
+the real test split), ``fcn_real_acc`` (the FCN's own test accuracy: CAS's ceiling) and
+``fid_train`` (FID of the real train split against the test split: what a generator that
+copied the training set would score).
 Always: ROCKET-feature FID and classifier-free statistics.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import time
 
 import jax
 import numpy as np
@@ -19,6 +23,15 @@ from tsgen_jax import evaluation as ev
 from tsgen_jax import stage2 as stage2_lib
 
 CAS_MIN_SAMPLES = 1000
+
+
+@contextlib.contextmanager
+def _timed(what: str):
+  """Prints how long ``what`` took (scoring is the pipeline's slowest stage after training)."""
+  t0 = time.perf_counter()
+  yield
+  if jax.process_index() == 0:
+    print(f"[eval_stage2] {what}: {time.perf_counter() - t0:.0f} s", flush=True)
 
 
 def fcn_cache_dir(cfg) -> str:
@@ -44,23 +57,29 @@ def evaluate(cfg, dataset, sample_fn, workdir: str) -> dict:
   k = dataset.num_classes
   n_uncond = max(len(x_test), 256)
   null = np.full(n_uncond, k, np.int32)  # the null class id: unconditional samples
-  x_uncond = sample_fn(null, 1)
-  results = {"rocket_fid": ev.rocket_fid(x_test, x_uncond, num_kernels=cfg.eval.rocket_kernels,
-                                         seed=cfg.seed)}
-  results.update(ev.series_statistics(x_test, x_uncond))
+  with _timed(f"{n_uncond} unconditional samples"):
+    x_uncond = sample_fn(null, 1)
+  with _timed("ROCKET FID and statistics"):
+    results = {"rocket_fid": ev.rocket_fid(x_test, x_uncond,
+                                           num_kernels=cfg.eval.rocket_kernels, seed=cfg.seed)}
+    results.update(ev.series_statistics(x_test, x_uncond))
   plot_dir = os.path.join(workdir, "plots")
   if k >= 2:
-    fcn = ev.cached_fcn(fcn_cache_dir(cfg), dataset_key(cfg, x_train), cfg.seed, x_train,
-                        y_train, k, steps=cfg.eval.fcn_steps)
+    with _timed("evaluator FCN (trained once per dataset and seed, then cached)"):
+      fcn = ev.cached_fcn(fcn_cache_dir(cfg), dataset_key(cfg, x_train), cfg.seed, x_train,
+                          y_train, k, steps=cfg.eval.fcn_steps)
     f_real, f_gen = fcn.features(x_test), fcn.features(x_uncond)
     results["fid"] = ev.fid_from_features(f_real, f_gen)
+    results["fid_train"] = ev.fid_from_features(f_real, fcn.features(x_train))
     results["is"], results["is_std"] = ev.inception_score(fcn.probs(x_uncond), n_splits=10)
     results["fcn_real_acc"] = fcn.accuracy(x_test, y_test)
     n_cas = max(CAS_MIN_SAMPLES, len(x_train))
     y_cas = ev.class_proportional_labels(y_train, n_cas, cfg.seed, k)
-    x_cas = sample_fn(np.asarray(y_cas, np.int32), 2)
-    results["cas"] = ev.classification_accuracy_score(x_cas, y_cas, x_test, y_test, k,
-                                                      steps=cfg.eval.fcn_steps, seed=cfg.seed)
+    with _timed(f"{n_cas} class-conditional samples"):
+      x_cas = sample_fn(np.asarray(y_cas, np.int32), 2)
+    with _timed("CAS (an FCN trained on the samples)"):
+      results["cas"] = ev.classification_accuracy_score(x_cas, y_cas, x_test, y_test, k,
+                                                        steps=cfg.eval.fcn_steps, seed=cfg.seed)
     if jax.process_index() == 0:
       ev.plot_real_vs_generated(x_test, y_test, x_cas, y_cas,
                                 os.path.join(plot_dir, "stage2_real_vs_generated.png"))

@@ -42,12 +42,13 @@ import numpy as np
 
 from tsgen_jax.errors import ConfigError, DataError, TsgenError
 
+# ``perplexity`` is the single codebook's; LF/HF runs report one per codebook instead.
 METRICS = ("probe_svm_acc", "probe_knn_acc", "probe_svm_acc_q", "probe_knn_acc_q", "recon_mse",
-           "perplexity")
+           "perplexity", "perplexity_lf", "perplexity_hf")
 PROBE_KEYS = METRICS[:4]
 SYNTHETIC = "synthetic"
 STAGES = "stage1,eval_stage1"
-STAGE2_METRICS = ("fid", "is", "cas", "fcn_real_acc", "rocket_fid")
+STAGE2_METRICS = ("fid", "is", "cas", "fcn_real_acc", "rocket_fid", "fid_train")
 STAGE2_STAGES = "stage1,eval_stage1,stage2,sample,eval_stage2"
 
 # Published SVM probe accuracies (NC-VQVAE, 4 seeds, 1000 epochs): plain / Barlow Twins / VIbCReg.
@@ -434,6 +435,14 @@ def _stage2_budget(study: Study, rows: list[dict]) -> str:
   return "; ".join(budgets) or "the configs' stage2.* settings"
 
 
+def _perplexity_cell(a: dict) -> str:
+  """The single codebook's perplexity, or 'LF x ± s / HF y ± s' for LF/HF runs."""
+  if not math.isnan(a["perplexity_mean"]) or math.isnan(a["perplexity_lf_mean"]):
+    return _pm(a["perplexity_mean"], a["perplexity_std"], 1)
+  return (f"LF {_pm(a['perplexity_lf_mean'], a['perplexity_lf_std'], 1)} / "
+          f"HF {_pm(a['perplexity_hf_mean'], a['perplexity_hf_std'], 1)}")
+
+
 def markdown(study: Study, rows: list[dict], agg: list[dict], failed=()) -> str:
   title = ("Study: SSL vs plain VQ-VAE, linear probes and generated series" if study.stage2
            else "Stage-1 study: SSL vs plain VQ-VAE, linear-probe accuracy")
@@ -443,8 +452,8 @@ def markdown(study: Study, rows: list[dict], agg: list[dict], failed=()) -> str:
           "perplexity |",
           "|---|---|---|---|---|---|---|---|---|"]
   for a in agg:
-    cells = [_pm(a[f"{m}_mean"], a[f"{m}_std"], 4 if m == "recon_mse" else
-                 (1 if m == "perplexity" else 3)) for m in METRICS]
+    cells = [_pm(a[f"{m}_mean"], a[f"{m}_std"], 4 if m == "recon_mse" else 3)
+             for m in METRICS[:5]] + [_perplexity_cell(a)]
     out.append(f"| {a['dataset']} | {a['variant']} | {a['n']} | " + " | ".join(cells) + " |")
   # Which SSL variants beat the plain VQ-VAE on the SVM probe (means over seeds).
   if "vqvae" in study.variants and len(study.variants) > 1:
@@ -469,15 +478,20 @@ def markdown(study: Study, rows: list[dict], agg: list[dict], failed=()) -> str:
                 f"{d} {' / '.join(f'{x:.3f}' for x in THESIS_SVM[d])}" for d in thesis) + "."]
   if study.stage2:
     out += ["", "## Stage 2: generated series (mean ± std over seeds)", "",
-            "| dataset | variant | n | FID (FCN) | IS | CAS | FCN real acc | ROCKET FID |",
-            "|---|---|---|---|---|---|---|---|"]
+            "| dataset | variant | n | FID (FCN) | IS | CAS | FCN real acc | ROCKET FID | "
+            "FID of the train split |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for a in agg:
-      cells = [_pm(a[f"{m}_mean"], a[f"{m}_std"], 2 if m in ("fid", "rocket_fid", "is") else 3)
+      cells = [_pm(a[f"{m}_mean"], a[f"{m}_std"],
+                   2 if m in ("fid", "rocket_fid", "is", "fid_train") else 3)
                for m in STAGE2_METRICS]
       out.append(f"| {a['dataset']} | {a['variant']} | {a['n']} | " + " | ".join(cells) + " |")
     out += ["", "FID: FCN features of the real test split vs unconditional samples "
             "(n = max(n_test, 256)); CAS: FCN trained on class-conditional samples, accuracy on "
-            "the real test split (FCN real acc is its ceiling). TimeVQVAE paper (FID / CAS): "
+            "the real test split (FCN real acc is its ceiling); FID of the train split: the "
+            "real train split vs the test split, the score of a generator that copied the "
+            "training set. "
+            "TimeVQVAE paper (FID / CAS): "
             "CBF 2.3 / 96.5%, ECG5000 0.7 / 93.3%, TwoPatterns 2.2 / 86.5%."]
   if failed:
     out += ["", "## Failed runs", ""]
