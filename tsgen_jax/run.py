@@ -79,6 +79,14 @@ def run_stage1(ctx: Context):
   wd.update_results(ctx.workdir, "stage1", {"num_steps": int(state.step)})
 
 
+def abstract_state(make_state):
+  """``make_state()``'s output as ShapeDtypeStructs on this process's first device, traced
+  with ``jax.eval_shape`` (nothing initialised or compiled): a restore target."""
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+                      jax.eval_shape(make_state))
+
+
 def stage1_workdir(cfg, workdir: str) -> str:
   """Where stage 1's checkpoints live: ``stage2.stage1_workdir`` or this workdir."""
   return cfg.stage2.stage1_workdir or workdir
@@ -91,11 +99,13 @@ def load_stage1(cfg, workdir: str, dataset: Dataset):
   if not os.path.isdir(directory):
     raise CheckpointError(f"no stage-1 checkpoint in {directory}: run the 'stage1' stage first "
                           "(--config.run=stage1) or set --config.stage2.stage1_workdir")
-  model, state, _ = stage1_setup(cfg, dataset)
+  c, length = dataset.shape
+  model = stage1_model.from_config(cfg, c, length)
   ckpt = ckpt_lib.Checkpointer(directory)
   if ckpt.latest_step() is None:
     raise CheckpointError(f"no stage-1 checkpoint in {directory}: run the 'stage1' stage first")
-  _, state = ckpt.restore(state)
+  _, state = ckpt.restore(abstract_state(
+      lambda: stage1_lib.create_state(cfg, model, c, length)[0]))
   ckpt.close()
   return model, {"params": state.params, **state.model_state}
 
@@ -140,7 +150,10 @@ def load_stage2(ctx: Context):
   """(sampler inputs) of the trained models: stage-1 model/vars, priors, specs, params."""
   cfg = ctx.cfg
   s1_model, s1_vars = load_stage1(cfg, ctx.workdir, ctx.dataset)
-  priors, specs, state, _ = stage2_setup(cfg, ctx.dataset, s1_model, s1_vars)
+  from tsgen_jax import stage2 as stage2_lib
+  specs = stage2_lib.prior_specs(s1_model)
+  priors = stage2_lib.build_priors(cfg, s1_model, ctx.dataset.num_classes)
+  state = abstract_state(lambda: stage2_setup(cfg, ctx.dataset, s1_model, s1_vars)[2])
   directory = os.path.join(ctx.workdir, "checkpoints", "stage2")
   ckpt = ckpt_lib.Checkpointer(directory)
   if ckpt.latest_step() is None:

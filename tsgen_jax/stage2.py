@@ -101,8 +101,9 @@ def init_state(cfg, priors, specs, codebooks: dict, key):
     model = priors[s.branch]
     toks = jnp.zeros((2, s.num_tokens), jnp.int32)
     prefix = jnp.zeros((2, model.num_prefix_tokens), jnp.int32) if s.prefix else None
-    p = model.init(jax.random.fold_in(key, i), toks, jnp.zeros((2,), jnp.int32),
-                   prefix=prefix)["params"]
+    # Jitted: an eager init compiles and dispatches every initialiser op separately.
+    init = jax.jit(lambda k, t, y, pre, m=model: m.init(k, t, y, prefix=pre)["params"])
+    p = init(jax.random.fold_in(key, i), toks, jnp.zeros((2,), jnp.int32), prefix)
     params[s.branch] = maskgit.init_token_embeddings(p, codebooks[s.branch])
   s2 = cfg.stage2
   tx = ts_lib.make_optimizer(s2.lr, s2.weight_decay, s2.num_steps, s2.warmup_steps)
