@@ -120,14 +120,26 @@ def run_eval_stage1(ctx: Context):
 
 # -- stage 2 ----------------------------------------------------------------------------------
 
-def stage2_setup(cfg, dataset: Dataset, stage1_model, stage1_vars):
-  """(priors, specs, fresh state, optimiser) for stage 2."""
+def stage2_models(cfg, dataset: Dataset, stage1_model):
+  """(priors, specs): the stage-2 priors over ``stage1_model``'s token grids."""
   from tsgen_jax import stage2 as stage2_lib
   specs = stage2_lib.prior_specs(stage1_model)
   priors = stage2_lib.build_priors(cfg, stage1_model, dataset.num_classes)
+  return priors, specs
+
+
+def stage2_fresh_state(cfg, priors, specs, stage1_model, stage1_vars):
+  """(fresh state, optimiser) for stage 2, token embeddings from the stage-1 codebooks."""
+  from tsgen_jax import stage2 as stage2_lib
   codebooks = stage1_model.apply(stage1_vars, method="codebooks")
-  state, tx = stage2_lib.init_state(cfg, priors, specs, codebooks,
-                                    jax.random.fold_in(jax.random.key(cfg.seed), 2))
+  return stage2_lib.init_state(cfg, priors, specs, codebooks,
+                               jax.random.fold_in(jax.random.key(cfg.seed), 2))
+
+
+def stage2_setup(cfg, dataset: Dataset, stage1_model, stage1_vars):
+  """(priors, specs, fresh state, optimiser) for stage 2."""
+  priors, specs = stage2_models(cfg, dataset, stage1_model)
+  state, tx = stage2_fresh_state(cfg, priors, specs, stage1_model, stage1_vars)
   return priors, specs, state, tx
 
 
@@ -150,10 +162,8 @@ def load_stage2(ctx: Context):
   """(sampler inputs) of the trained models: stage-1 model/vars, priors, specs, params."""
   cfg = ctx.cfg
   s1_model, s1_vars = load_stage1(cfg, ctx.workdir, ctx.dataset)
-  from tsgen_jax import stage2 as stage2_lib
-  specs = stage2_lib.prior_specs(s1_model)
-  priors = stage2_lib.build_priors(cfg, s1_model, ctx.dataset.num_classes)
-  state = abstract_state(lambda: stage2_setup(cfg, ctx.dataset, s1_model, s1_vars)[2])
+  priors, specs = stage2_models(cfg, ctx.dataset, s1_model)
+  state = abstract_state(lambda: stage2_fresh_state(cfg, priors, specs, s1_model, s1_vars)[0])
   directory = os.path.join(ctx.workdir, "checkpoints", "stage2")
   ckpt = ckpt_lib.Checkpointer(directory)
   if ckpt.latest_step() is None:
