@@ -142,6 +142,19 @@ def test_cas_pipeline_runs_on_tiny_data():
   assert isinstance(score, float) and 0.0 <= score <= 1.0
 
 
+def test_cas_over_seeds_averages_single_seed_scores():
+  x_gen, y_gen = _cbf_set(60, seed=1)
+  x_test, y_test = _cbf_set(30, seed=2)
+  args = (x_gen, y_gen, x_test, y_test, 3)
+  single = [ev.classification_accuracy_score(*args, steps=10, seed=s) for s in (3, 4)]
+  mean, std, scores = ev.cas_over_seeds(*args, steps=10, seeds=(3, 4))
+  assert scores == single  # the same FCNs, seed by seed
+  assert mean == pytest.approx(np.mean(single))
+  assert std == pytest.approx(abs(single[0] - single[1]) / np.sqrt(2))  # ddof=1 of two values
+  mean1, std1, _ = ev.cas_over_seeds(*args, steps=10, seeds=[3])
+  assert mean1 == single[0] and np.isnan(std1)
+
+
 # --- ROCKET ------------------------------------------------------------------------------------
 
 def _direct_rocket(kernels, k, series):

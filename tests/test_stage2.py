@@ -10,7 +10,8 @@ from conftest import tiny_config
 from tsgen_jax import run as run_lib
 from tsgen_jax.errors import CheckpointError, ConfigError
 
-TINY_EVAL = {"eval.fcn_steps": 30, "eval.rocket_kernels": 50, "stage2.log_every": 1,
+TINY_EVAL = {"eval.fcn_steps": 30, "eval.rocket_kernels": 50, "eval.cas_seeds": 2,
+             "stage2.log_every": 1,
              "stage2.num_steps": 40, "stage2.checkpoint_every": 40}
 
 
@@ -51,6 +52,7 @@ def test_eval_stage2_results(pipeline):
     assert key in s2 and np.isfinite(s2[key]), key
   assert 1.0 <= s2["is"] <= 3.0 and 0.0 <= s2["cas"] <= 1.0 and s2["fid"] >= 0
   assert s2["num_uncond_samples"] == 256  # max(n_test = 90, 256)
+  assert s2["cas_fcn_seeds"] == 2 and np.isfinite(s2["cas_std"])  # two CAS FCNs averaged
   for name in ("stage2_real_vs_generated.png", "stage2_fcn_features_pca.png"):
     assert os.path.getsize(os.path.join(workdir, "plots", name)) > 1000
 

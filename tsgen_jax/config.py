@@ -127,6 +127,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = ev = ml_collections.ConfigDict()
   ev.num_plot_per_class = 3
   ev.fcn_steps = 500  # evaluator FCN training steps (batch 256); ~96% test acc on CBF
+  ev.cas_seeds = 1  # CAS FCNs (seeds seed, seed+1, ...) averaged; ~3 min of 2-core CPU each
   ev.fcn_cache_dir = ""  # default ~/.cache/tsgen_jax/fcn
   ev.rocket_kernels = 1000
   return c
@@ -146,6 +147,7 @@ _INTS = [
     ("stage2", "ff_mult", 1), ("stage2", "checkpoint_every", 1),
     ("stage2", "keep_checkpoints", 1), ("stage2", "log_every", 1),
     ("sample", "num_samples", 1), ("sample", "num_steps", 1), ("sample", "batch_size", 1),
+    ("eval", "fcn_steps", 1), ("eval", "cas_seeds", 1), ("eval", "rocket_kernels", 1),
 ]
 _POSITIVE = [("stage1", "lr"), ("stage2", "lr")]
 _NONNEGATIVE = [("stage1", "weight_decay"), ("stage2", "weight_decay"),

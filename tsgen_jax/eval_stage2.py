@@ -3,7 +3,8 @@
 With labels: the supervised FCN (REFERENCE.md), trained once per dataset and seed and cached,
 gives FID (real test split vs unconditional samples, n = max(n_test, 256)), IS (10 splits),
 CAS (an FCN trained on >= 1000 class-conditional samples in the train proportions, tested on
-the real test split), ``fcn_real_acc`` (the FCN's own test accuracy: CAS's ceiling) and
+the real test split; with ``eval.cas_seeds`` > 1 the mean over that many FCN seeds, and
+``cas_std``), ``fcn_real_acc`` (the FCN's own test accuracy: CAS's ceiling) and
 ``fid_train`` (FID of the real train split against the test split: what a generator that
 copied the training set would score).
 Always: ROCKET-feature FID and classifier-free statistics.
@@ -77,9 +78,14 @@ def evaluate(cfg, dataset, sample_fn, workdir: str) -> dict:
     y_cas = ev.class_proportional_labels(y_train, n_cas, cfg.seed, k)
     with _timed(f"{n_cas} class-conditional samples"):
       x_cas = sample_fn(np.asarray(y_cas, np.int32), 2)
-    with _timed("CAS (an FCN trained on the samples)"):
-      results["cas"] = ev.classification_accuracy_score(x_cas, y_cas, x_test, y_test, k,
-                                                        steps=cfg.eval.fcn_steps, seed=cfg.seed)
+    n_fcn = cfg.eval.cas_seeds
+    with _timed(f"CAS ({n_fcn} FCN{'s' if n_fcn > 1 else ''} trained on the samples)"):
+      results["cas"], cas_std, _ = ev.cas_over_seeds(
+          x_cas, y_cas, x_test, y_test, k, steps=cfg.eval.fcn_steps,
+          seeds=range(cfg.seed, cfg.seed + n_fcn))
+    results["cas_fcn_seeds"] = n_fcn
+    if n_fcn > 1:
+      results["cas_std"] = cas_std
     if jax.process_index() == 0:
       ev.plot_real_vs_generated(x_test, y_test, x_cas, y_cas,
                                 os.path.join(plot_dir, "stage2_real_vs_generated.png"))

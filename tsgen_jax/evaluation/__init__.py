@@ -1,6 +1,7 @@
 """Evaluation of generated series: FID / IS on FCN or ROCKET features, CAS, statistics, plots."""
 
-from tsgen_jax.evaluation.cas import class_proportional_labels, classification_accuracy_score
+from tsgen_jax.evaluation.cas import (cas_over_seeds, class_proportional_labels,
+                                      classification_accuracy_score)
 from tsgen_jax.evaluation.fcn import (FCN, FCNModel, cached_fcn, load_fcn, save_fcn,
                                       train_fcn)
 from tsgen_jax.evaluation.fid import fid_from_features, frechet_distance
@@ -11,7 +12,7 @@ from tsgen_jax.evaluation.rocket import (RocketKernels, rocket_features, rocket_
 from tsgen_jax.evaluation.stats import series_statistics
 
 __all__ = [
-    "FCN", "FCNModel", "RocketKernels", "cached_fcn", "class_proportional_labels",
+    "FCN", "FCNModel", "RocketKernels", "cached_fcn", "cas_over_seeds", "class_proportional_labels",
     "classification_accuracy_score", "fid_from_features", "frechet_distance",
     "inception_score", "load_fcn", "plot_feature_pca", "plot_real_vs_generated",
     "rocket_features", "rocket_fid", "rocket_kernels", "save_fcn", "series_statistics",
