@@ -10,20 +10,15 @@ Draws the CAS samples exactly as eval_stage2 does (so seed cfg.seed reproduces r
 import json, os, sys
 import numpy as np
 import ml_collections
-from tsgen_jax import run as run_lib, sharding, evaluation as ev, eval_stage2, stage2 as s2
+from tsgen_jax import run as run_lib, sharding, evaluation as ev, eval_stage2
 from tsgen_jax.data import load_dataset
 
 workdir, seeds = sys.argv[1], [int(s) for s in sys.argv[2].split(",")]
 cfg = ml_collections.ConfigDict(json.load(open(os.path.join(workdir, "config.json"))))
 ds = load_dataset(cfg.dataset, min_length=cfg.stft.n_fft)
 ctx = run_lib.Context(cfg, workdir, ds, sharding.make_mesh(cfg.mesh))
-s1_model, s1_vars, priors, specs, params = run_lib.load_stage2(ctx)
-sampler = s2.make_sampler(priors, specs, s1_model, cfg.sample, ds.num_classes)
-fn = eval_stage2.make_sample_fn(sampler, params, s1_vars, cfg.sample.batch_size, cfg.seed)
 x_test, y_test = ds.test.arrays(); x_train, y_train = ds.train.arrays(); k = ds.num_classes
-n_cas = max(eval_stage2.CAS_MIN_SAMPLES, len(x_train))
-y_cas = ev.class_proportional_labels(y_train, n_cas, cfg.seed, k)
-x_cas = fn(np.asarray(y_cas, np.int32), 2)
+x_cas, y_cas = eval_stage2.cas_samples(cfg, ds, run_lib.eval_sample_fn(ctx))
 print("test class counts", np.bincount(y_test, minlength=k).tolist(), "CAS class counts",
       np.bincount(y_cas, minlength=k).tolist(), flush=True)
 

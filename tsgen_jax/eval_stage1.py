@@ -75,6 +75,20 @@ def probe_accuracies(f_train, y_train, f_test, y_test) -> tuple[float, float]:
   return float(svm.score(b, y_test)), float(knn.score(b, y_test))
 
 
+def latent_probes(fn, dataset, test_out: dict) -> dict:
+  """SVM / 5-NN test accuracies on the pooled continuous (``probe_*_acc``) and quantised
+  (``probe_*_acc_q``) latents; ``test_out`` is ``batched(fn, x_test)``, the train split is
+  encoded here."""
+  x_train, y_train = dataset.train.arrays()
+  _, y_test = dataset.test.arrays()
+  tr = batched(fn, x_train)
+  results = {}
+  for suffix, key in (("", "pooled"), ("_q", "pooled_q")):
+    results[f"probe_svm_acc{suffix}"], results[f"probe_knn_acc{suffix}"] = probe_accuracies(
+        tr[key], y_train, test_out[key], y_test)
+  return results
+
+
 def evaluate(cfg, model, variables, dataset, workdir: str) -> dict:
   """Runs the evaluation, writes plots under ``workdir/plots``, returns the metrics."""
   fn = make_eval_fn(model, variables)
@@ -89,12 +103,7 @@ def evaluate(cfg, model, variables, dataset, workdir: str) -> dict:
     suffix = "" if len(branches) == 1 else f"_{n}"
     results[f"perplexity{suffix}"], results[f"codebook_usage{suffix}"] = ppl, usage
   if dataset.num_classes > 1:
-    x_train, y_train = dataset.train.arrays()
-    tr = batched(fn, x_train)
-    results["probe_svm_acc"], results["probe_knn_acc"] = probe_accuracies(
-        tr["pooled"], y_train, out["pooled"], y_test)
-    results["probe_svm_acc_q"], results["probe_knn_acc_q"] = probe_accuracies(
-        tr["pooled_q"], y_train, out["pooled_q"], y_test)
+    results.update(latent_probes(fn, dataset, out))
   if jax.process_index() == 0:
     from tsgen_jax import plots
     plot_dir = os.path.join(workdir, "plots")

@@ -48,6 +48,15 @@ def dataset_key(cfg, x_train: np.ndarray) -> str:
   return f"{name}-{digest}"
 
 
+def cas_samples(cfg, dataset, sample_fn) -> tuple[np.ndarray, np.ndarray]:
+  """The CAS training set: x (M, C, L), y (M,) int32 with M = max(1000, N_train) labels in
+  the train split's class proportions, sampled from ``sample_fn``'s stream 2."""
+  _, y_train = dataset.train.arrays()
+  n_cas = max(CAS_MIN_SAMPLES, len(y_train))
+  y_cas = ev.class_proportional_labels(y_train, n_cas, cfg.seed, dataset.num_classes)
+  return sample_fn(np.asarray(y_cas, np.int32), 2), y_cas
+
+
 def evaluate(cfg, dataset, sample_fn, workdir: str) -> dict:
   """Scores samples from ``sample_fn(class_ids (N,), seed) -> x (N, C, L)``.
 
@@ -74,10 +83,8 @@ def evaluate(cfg, dataset, sample_fn, workdir: str) -> dict:
     results["fid_train"] = ev.fid_from_features(f_real, fcn.features(x_train))
     results["is"], results["is_std"] = ev.inception_score(fcn.probs(x_uncond), n_splits=10)
     results["fcn_real_acc"] = fcn.accuracy(x_test, y_test)
-    n_cas = max(CAS_MIN_SAMPLES, len(x_train))
-    y_cas = ev.class_proportional_labels(y_train, n_cas, cfg.seed, k)
-    with _timed(f"{n_cas} class-conditional samples"):
-      x_cas = sample_fn(np.asarray(y_cas, np.int32), 2)
+    with _timed(f"{max(CAS_MIN_SAMPLES, len(x_train))} class-conditional samples"):
+      x_cas, y_cas = cas_samples(cfg, dataset, sample_fn)
     n_fcn = cfg.eval.cas_seeds
     with _timed(f"CAS ({n_fcn} FCN{'s' if n_fcn > 1 else ''} trained on the samples)"):
       results["cas"], cas_std, _ = ev.cas_over_seeds(

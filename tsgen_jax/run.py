@@ -92,8 +92,9 @@ def stage1_workdir(cfg, workdir: str) -> str:
   return cfg.stage2.stage1_workdir or workdir
 
 
-def load_stage1(cfg, workdir: str, dataset: Dataset):
-  """(model, variables) of the trained stage-1 model (latest checkpoint)."""
+def load_stage1(cfg, workdir: str, dataset: Dataset, step: int | None = None):
+  """(model, variables) of the trained stage-1 model (its checkpoint at ``step``, default the
+  latest)."""
   src = stage1_workdir(cfg, workdir)
   directory = os.path.join(src, "checkpoints", "stage1")
   if not os.path.isdir(directory):
@@ -105,7 +106,7 @@ def load_stage1(cfg, workdir: str, dataset: Dataset):
   if ckpt.latest_step() is None:
     raise CheckpointError(f"no stage-1 checkpoint in {directory}: run the 'stage1' stage first")
   _, state = ckpt.restore(abstract_state(
-      lambda: stage1_lib.create_state(cfg, model, c, length)[0]))
+      lambda: stage1_lib.create_state(cfg, model, c, length)[0]), step=step)
   ckpt.close()
   return model, {"params": state.params, **state.model_state}
 
@@ -204,15 +205,20 @@ def run_sample(ctx: Context):
                                             "guidance_scale": float(sm.guidance_scale)})
 
 
-def run_eval_stage2(ctx: Context):
+def eval_sample_fn(ctx: Context):
+  """The trained models as eval_stage2's ``(class_ids (N,), stream) -> x (N, C, L)``."""
   from tsgen_jax import eval_stage2
   from tsgen_jax import stage2 as stage2_lib
   cfg = ctx.cfg
   s1_model, s1_vars, priors, specs, params = load_stage2(ctx)
   sampler = stage2_lib.make_sampler(priors, specs, s1_model, cfg.sample,
                                     ctx.dataset.num_classes)
-  fn = eval_stage2.make_sample_fn(sampler, params, s1_vars, cfg.sample.batch_size, cfg.seed)
-  results = eval_stage2.evaluate(cfg, ctx.dataset, fn, ctx.workdir)
+  return eval_stage2.make_sample_fn(sampler, params, s1_vars, cfg.sample.batch_size, cfg.seed)
+
+
+def run_eval_stage2(ctx: Context):
+  from tsgen_jax import eval_stage2
+  results = eval_stage2.evaluate(ctx.cfg, ctx.dataset, eval_sample_fn(ctx), ctx.workdir)
   wd.update_results(ctx.workdir, "stage2", results)
 
 
