@@ -94,6 +94,19 @@ def test_fcn_save_load_round_trip_without_pickle(tiny_model, tmp_path):
   assert loaded.input_shape == (1, 32)
 
 
+def test_train_fcn_on_every_gives_the_shorter_runs_models():
+  x, y = _cbf_set(24)
+  seen = []
+  final = ev.train_fcn(x, y, 3, steps=4, batch_size=16, seed=0, every=2,
+                       on_every=lambda k, m: seen.append((k, m)))
+  assert [k for k, _ in seen] == [2, 4]
+  np.testing.assert_allclose(seen[0][1].logits(x),
+                             ev.train_fcn(x, y, 3, steps=2, batch_size=16, seed=0).logits(x),
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(seen[1][1].logits(x), final.logits(x))
+  assert not np.allclose(seen[0][1].logits(x), final.logits(x))
+
+
 def test_cached_fcn_trains_once(tmp_path, monkeypatch):
   x, y = _cbf_set(12)
   first = ev.cached_fcn(str(tmp_path), "cbf/32", 0, x, y, 3, steps=2)

@@ -13,7 +13,7 @@ import functools
 import json
 import os
 import re
-from typing import Any
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -124,12 +124,16 @@ def batch_schedule(n: int, steps: int, batch_size: int, rng: np.random.Generator
 
 
 def train_fcn(x: np.ndarray, y: np.ndarray, num_classes: int, *, steps: int = 1000,
-              batch_size: int = 256, lr: float = 1e-3, seed: int = 0) -> FCNModel:
+              batch_size: int = 256, lr: float = 1e-3, seed: int = 0, every: int = 0,
+              on_every: Optional[Callable[[int, FCNModel], None]] = None) -> FCNModel:
   """Trains an FCN with Adam on cross-entropy.
 
   Args:
     x: (N, C, L) float32 series; y: (N,) int labels in 0..num_classes-1.
     steps: optimiser steps; batch_size: capped at N (then each step sees a reshuffled epoch).
+    every, on_every: if both are set, ``on_every(k, model)`` is called after every ``every``-th
+      step k with the model as it is then; the batch schedule is a prefix of a longer run's, so
+      that model equals ``train_fcn(..., steps=k)``'s (a learning curve without retraining).
 
   Returns:
     The trained FCNModel.
@@ -156,10 +160,13 @@ def train_fcn(x: np.ndarray, y: np.ndarray, num_classes: int, *, steps: int = 10
 
   xs, ys = jnp.asarray(x), jnp.asarray(y)
   schedule = batch_schedule(len(x), steps, batch_size, np.random.default_rng(seed))
-  for idx in schedule:
+  input_shape = tuple(int(d) for d in x.shape[1:])
+  for k, idx in enumerate(schedule, start=1):
     params, batch_stats, opt_state = step(params, batch_stats, opt_state, xs, ys, idx)
+    if on_every is not None and every > 0 and k % every == 0:
+      on_every(k, FCNModel(*jax.device_get((params, batch_stats)), int(num_classes), input_shape))
   params, batch_stats = jax.device_get((params, batch_stats))
-  return FCNModel(params, batch_stats, int(num_classes), tuple(int(d) for d in x.shape[1:]))
+  return FCNModel(params, batch_stats, int(num_classes), input_shape)
 
 
 def save_fcn(model: FCNModel, path: str) -> None:
