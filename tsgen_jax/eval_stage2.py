@@ -48,11 +48,16 @@ def dataset_key(cfg, x_train: np.ndarray) -> str:
   return f"{name}-{digest}"
 
 
+def cas_sample_count(num_train: int) -> int:
+  """How many class-conditional samples CAS trains on: max(1000, N_train)."""
+  return max(CAS_MIN_SAMPLES, num_train)
+
+
 def cas_samples(cfg, dataset, sample_fn) -> tuple[np.ndarray, np.ndarray]:
-  """The CAS training set: x (M, C, L), y (M,) int32 with M = max(1000, N_train) labels in
-  the train split's class proportions, sampled from ``sample_fn``'s stream 2."""
+  """The CAS training set: x (M, C, L), y (M,) int32 with M = ``cas_sample_count(N_train)``
+  labels in the train split's class proportions, sampled from ``sample_fn``'s stream 2."""
   _, y_train = dataset.train.arrays()
-  n_cas = max(CAS_MIN_SAMPLES, len(y_train))
+  n_cas = cas_sample_count(len(y_train))
   y_cas = ev.class_proportional_labels(y_train, n_cas, cfg.seed, dataset.num_classes)
   return sample_fn(np.asarray(y_cas, np.int32), 2), y_cas
 
@@ -83,7 +88,7 @@ def evaluate(cfg, dataset, sample_fn, workdir: str) -> dict:
     results["fid_train"] = ev.fid_from_features(f_real, fcn.features(x_train))
     results["is"], results["is_std"] = ev.inception_score(fcn.probs(x_uncond), n_splits=10)
     results["fcn_real_acc"] = fcn.accuracy(x_test, y_test)
-    with _timed(f"{max(CAS_MIN_SAMPLES, len(x_train))} class-conditional samples"):
+    with _timed(f"{cas_sample_count(len(x_train))} class-conditional samples"):
       x_cas, y_cas = cas_samples(cfg, dataset, sample_fn)
     n_fcn = cfg.eval.cas_seeds
     with _timed(f"CAS ({n_fcn} FCN{'s' if n_fcn > 1 else ''} trained on the samples)"):
