@@ -19,7 +19,7 @@ with open(os.path.join(HERE, "stage1_probe_vs_steps.csv")) as f:
     runs[(r["dataset"], r["variant"], int(r["seed"]))].append(r)
 datasets = list(dict.fromkeys(k[0] for k in runs))
 # test-split majority-class rate: the accuracy of a constant prediction
-majority = {"TwoPatterns": 0.2587, "Wafer": 0.8921, "CBF": 0.3356}
+majority = {"TwoPatterns": 0.2587, "Wafer": 0.8921, "CBF": 0.3356, "ShapesAll": 10 / 600}
 colors = {"vqvae": "tab:gray", "barlowtwins": "tab:blue", "vibcreg": "tab:red"}
 fig, axes = plt.subplots(len(datasets), 2, figsize=(10, 3.6 * len(datasets)), squeeze=False)
 for row, dataset in zip(axes, datasets):
@@ -34,7 +34,8 @@ for row, dataset in zip(axes, datasets):
     labelled.add(variant)
   for ax, what in zip(row, ("continuous latent", "quantised latent")):
     ax.set_title(f"{dataset}, linear-SVM probe, {what}", fontsize=10)
-    ax.set_xlabel("stage-1 step (batch 128)")
+    batches = sorted({r["batch"] for k, rs in runs.items() if k[0] == dataset for r in rs})
+    ax.set_xlabel(f"stage-1 step (batch {', '.join(batches)})")
     if dataset in majority:
       ax.axhline(majority[dataset], color="k", lw=0.5, ls=":")  # majority class
     ax.grid(alpha=0.3)
