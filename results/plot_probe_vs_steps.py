@@ -32,9 +32,9 @@ for row, dataset in zip(axes, datasets):
       ax.plot(steps, [float(r[key]) for r in rows], "o-", ms=3, color=colors[variant],
               alpha=0.9 if seed == 0 else 0.45, label=None if variant in labelled else variant)
     labelled.add(variant)
+  batches = sorted({r["batch"] for k, rs in runs.items() if k[0] == dataset for r in rs})
   for ax, what in zip(row, ("continuous latent", "quantised latent")):
     ax.set_title(f"{dataset}, linear-SVM probe, {what}", fontsize=10)
-    batches = sorted({r["batch"] for k, rs in runs.items() if k[0] == dataset for r in rs})
     ax.set_xlabel(f"stage-1 step (batch {', '.join(batches)})")
     if dataset in majority:
       ax.axhline(majority[dataset], color="k", lw=0.5, ls=":")  # majority class
