@@ -22,8 +22,9 @@ from tsgen_jax.data.pipeline import batch_indices
 from tsgen_jax.errors import CheckpointError, ConfigError
 from tsgen_jax.models import stage1 as stage1_model
 
-# Config keys that may change between runs of one stage without invalidating checkpoints.
-_VOLATILE = ("log_every", "checkpoint_every", "keep_checkpoints")
+# Config keys that may change between runs of one stage without invalidating checkpoints
+# (conv_wgrad_chunk changes only how a gradient is summed, not the model or its results).
+_VOLATILE = ("log_every", "checkpoint_every", "keep_checkpoints", "conv_wgrad_chunk")
 
 
 @dataclasses.dataclass

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from tsgen_jax import stft as stft_lib
+from tsgen_jax.models.conv import chunked_wgrad_conv, resolve_rows
 from tsgen_jax.models.vq import VectorQuantizer
 
 BN_MOMENTUM = 0.9
@@ -42,6 +43,13 @@ def _bn(train):
   return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=1e-5)
 
 
+def _conv(features, kernel_size, wgrad_chunk: int, **kwargs):
+  """nn.Conv whose weight gradient is summed over batch chunks of ``wgrad_chunk`` rows
+  (0: XLA's own; see models/conv.py)."""
+  fn = chunked_wgrad_conv(wgrad_chunk) if wgrad_chunk else None
+  return nn.Conv(features, kernel_size, conv_general_dilated=fn, **kwargs)
+
+
 class ResBlock(nn.Module):
   """TimeVQVAE's residual block: x + conv1x1(LReLU(BN(conv3x3(LReLU(x))))), then BN.
 
@@ -51,12 +59,14 @@ class ResBlock(nn.Module):
   """
   dim: int
   dtype: Any = jnp.float32
+  wgrad_chunk: int = 0
 
   @nn.compact
   def __call__(self, x, train: bool):
-    h = nn.Conv(self.dim, (3, 3), padding=1, use_bias=False, dtype=self.dtype)(nn.leaky_relu(x))
+    h = _conv(self.dim, (3, 3), self.wgrad_chunk, padding=1, use_bias=False,
+              dtype=self.dtype)(nn.leaky_relu(x))
     h = nn.leaky_relu(_bn(train)(h))
-    h = nn.Conv(self.dim, (1, 1), use_bias=False, dtype=self.dtype)(h)
+    h = _conv(self.dim, (1, 1), self.wgrad_chunk, use_bias=False, dtype=self.dtype)(h)
     return _bn(train)(x + h)
 
 
@@ -66,16 +76,17 @@ class Encoder(nn.Module):
   n_down: int
   n_resnet_blocks: int
   dtype: Any = jnp.float32
+  wgrad_chunk: int = 0
 
   @nn.compact
   def __call__(self, x, train: bool):
     for _ in range(self.n_down):
-      x = nn.Conv(self.dim, (3, 4), strides=(1, 2), padding=((1, 1), (1, 1)), use_bias=False,
-                  dtype=self.dtype)(x)
+      x = _conv(self.dim, (3, 4), self.wgrad_chunk, strides=(1, 2), padding=((1, 1), (1, 1)),
+                use_bias=False, dtype=self.dtype)(x)
       x = nn.leaky_relu(_bn(train)(x))
     for _ in range(self.n_resnet_blocks):
-      x = ResBlock(self.dim, self.dtype)(x, train)
-    return nn.Conv(self.dim, (1, 1), dtype=self.dtype)(x)
+      x = ResBlock(self.dim, self.dtype, self.wgrad_chunk)(x, train)
+    return _conv(self.dim, (1, 1), self.wgrad_chunk, dtype=self.dtype)(x)
 
 
 class UpsampleTime(nn.Module):
@@ -90,11 +101,13 @@ class UpsampleTime(nn.Module):
   features: int
   use_bias: bool = True
   dtype: Any = jnp.float32
+  wgrad_chunk: int = 0
 
   @nn.compact
   def __call__(self, x):
-    conv = lambda pad, name: nn.Conv(self.features, (3, 2), padding=((1, 1), pad),  # noqa
-                                     use_bias=self.use_bias, dtype=self.dtype, name=name)
+    conv = lambda pad, name: _conv(self.features, (3, 2), self.wgrad_chunk,  # noqa
+                                   padding=((1, 1), pad), use_bias=self.use_bias,
+                                   dtype=self.dtype, name=name)
     even = conv((1, 0), "even")(x)
     odd = conv((0, 1), "odd")(x)
     b, h, w, c = even.shape
@@ -109,16 +122,17 @@ class Decoder(nn.Module):
   out_channels: int
   grid: tuple[int, int]
   dtype: Any = jnp.float32
+  wgrad_chunk: int = 0
 
   @nn.compact
   def __call__(self, z, train: bool):
-    x = nn.Conv(self.dim, (1, 1), dtype=self.dtype)(z)
+    x = _conv(self.dim, (1, 1), self.wgrad_chunk, dtype=self.dtype)(z)
     for _ in range(self.n_resnet_blocks):
-      x = ResBlock(self.dim, self.dtype)(x, train)
+      x = ResBlock(self.dim, self.dtype, self.wgrad_chunk)(x, train)
     for _ in range(self.n_down - 1):
-      x = UpsampleTime(self.dim, use_bias=False, dtype=self.dtype)(x)
+      x = UpsampleTime(self.dim, use_bias=False, dtype=self.dtype, wgrad_chunk=self.wgrad_chunk)(x)
       x = nn.leaky_relu(_bn(train)(x))
-    x = UpsampleTime(self.out_channels, dtype=self.dtype)(x)
+    x = UpsampleTime(self.out_channels, dtype=self.dtype, wgrad_chunk=self.wgrad_chunk)(x)
     x = x.astype(jnp.float32)
     b, _, _, c = x.shape
     return jax.image.resize(x, (b, *self.grid, c), method="linear")
@@ -137,13 +151,15 @@ class Branch(nn.Module):
   dead_code_restart: bool
   dead_code_threshold: float
   dtype: Any = jnp.float32
+  wgrad_chunk: int = 0
 
   def setup(self):
-    self.encoder = Encoder(self.dim, self.n_down, self.n_resnet_blocks, self.dtype)
+    self.encoder = Encoder(self.dim, self.n_down, self.n_resnet_blocks, self.dtype,
+                           self.wgrad_chunk)
     self.vq = VectorQuantizer(self.codebook_size, self.dim, self.ema, self.decay,
                               self.dead_code_restart, self.dead_code_threshold)
     self.decoder = Decoder(self.dim, self.n_down, self.n_resnet_blocks, self.out_channels,
-                           self.grid, self.dtype)
+                           self.grid, self.dtype, self.wgrad_chunk)
 
   def __call__(self, s, train: bool):
     z = self.encoder(s, train).astype(jnp.float32)
@@ -184,6 +200,7 @@ class VQVAE(nn.Module):
   dead_code_threshold: float = 1e-3
   lfhf: bool = False
   dtype: Any = jnp.float32
+  wgrad_chunk: int = 0  # rows per batch chunk of the conv weight gradients (models/conv.py)
 
   @property
   def hop_length(self) -> int:
@@ -219,7 +236,8 @@ class VQVAE(nn.Module):
                      out_channels=2 * self.num_channels, grid=(stop - start, t),
                      codebook_size=self.codebook_size, ema=self.ema, decay=self.decay,
                      dead_code_restart=self.dead_code_restart,
-                     dead_code_threshold=self.dead_code_threshold, dtype=self.dtype, name=name)
+                     dead_code_threshold=self.dead_code_threshold, dtype=self.dtype,
+                     wgrad_chunk=self.wgrad_chunk, name=name)
         for name, (start, stop) in self.band_rows().items()}
 
   # -- transforms ------------------------------------------------------------------------
@@ -280,4 +298,5 @@ def from_config(cfg, num_channels: int, length: int) -> VQVAE:
                codebook_size=vq.codebook_size, ema=vq.ema, decay=vq.decay,
                dead_code_restart=vq.dead_code_restart,
                dead_code_threshold=vq.dead_code_threshold, lfhf=s1.lfhf,
-               dtype=jnp.bfloat16 if s1.matmul_dtype == "bfloat16" else jnp.float32)
+               dtype=jnp.bfloat16 if s1.matmul_dtype == "bfloat16" else jnp.float32,
+               wgrad_chunk=resolve_rows(s1.conv_wgrad_chunk))
