@@ -165,3 +165,42 @@ def test_sharded_step_matches_single_device():
   r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                      timeout=600)
   assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr[-3000:]
+
+
+
+def _forward_conv_count(cfg, length):
+  """Convolutions in the traced training forward pass of the stage-1 model of ``cfg``."""
+  model = stage1_model.from_config(cfg, 1, length)
+  x = jnp.zeros((cfg.stage1.batch_size, 1, length))
+  views = (x, x) if cfg.stage1.ssl.method != "none" else (None, None)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, *views))
+  jaxpr = jax.make_jaxpr(lambda v: model.apply(v, x, *views, train=True, mutable=True,
+                                               rngs={"vq": jax.random.key(1)}))(variables)
+  return str(jaxpr).count("conv_general_dilated")
+
+
+def test_aug_recon_reconstructs_the_view_and_encodes_it_once():
+  """ssl.aug_recon_weight > 0 (NC-VQVAE's 0.1): the view's VQ-VAE pass adds a decoder but no
+  third encoder pass over x1 (its latent is reused for the projector), and its
+  reconstruction loss enters the objective."""
+  over = {"stage1.ssl.method": "vibcreg", "stage1.ssl.weight": 0.01}
+  length = 64
+  n_plain = _forward_conv_count(tiny_config(), length)  # x: encoder + decoder
+  n_ssl = _forward_conv_count(tiny_config(**over), length)  # + x1, x2: encoders
+  n_aug = _forward_conv_count(tiny_config(**over, **{"stage1.ssl.aug_recon_weight": 0.1}),
+                              length)
+  n_enc = (n_ssl - n_plain) // 2
+  assert n_enc > 0 and n_ssl - n_plain == 2 * n_enc
+  assert n_aug - n_ssl == n_plain - n_enc  # one more decoder, no more encoders
+
+  cfg = tiny_config(**over, **{"stage1.ssl.aug_recon_weight": 0.1})
+  ds = load_dataset(cfg.dataset, cfg.stft.n_fft)
+  model, state, tx = run_lib.stage1_setup(cfg, ds)
+  step = jax.jit(stage1.make_train_step(model, cfg.stage1, tx))
+  batch = {"x": jnp.asarray(ds.train.x[:cfg.stage1.batch_size]),
+           "y": jnp.asarray(ds.train.y[:cfg.stage1.batch_size])}
+  _, metrics = step(state, batch, jax.random.key(0))
+  m = {k: float(v) for k, v in metrics.items()}
+  assert np.isfinite(m["aug_recon"]) and m["aug_recon"] > 0
+  np.testing.assert_allclose(m["loss"], m["recon_time"] + m["recon_tf"] + m["commit"]
+                             + 0.01 * m["ssl"] + 0.1 * m["aug_recon"], rtol=1e-5)

@@ -43,12 +43,15 @@ class Stage1Model(nn.Module):
                                  iternorm_groups=self.iternorm_groups,
                                  iternorm_iters=self.iternorm_iters, dtype=self.dtype)
 
-  def pooled(self, x, train: bool):
-    """Pooled continuous latent of x (B, C, L): (B, P) over all branches."""
+  def pool(self, z):
+    """{branch: (B, H, W, D)} continuous latents -> (B, P) pooled over all branches."""
     from tsgen_jax.models.projector import pool_latent
-    z = self.vqvae.encode(x, train)
     return jnp.concatenate([pool_latent(z[n], self.pooling) for n in self.vqvae.branch_names],
                            axis=-1)
+
+  def pooled(self, x, train: bool):
+    """Pooled continuous latent of x (B, C, L): (B, P) over all branches."""
+    return self.pool(self.vqvae.encode(x, train))
 
   def __call__(self, x, x1=None, x2=None, train: bool = False):
     """x, x1, x2 (B, C, L): the series and its two views (views only for SSL).
@@ -58,17 +61,22 @@ class Stage1Model(nn.Module):
     """
     out = self.vqvae(x, train)
     if self.ssl_method != "none" and x1 is not None:
-      # Both views through the projector at once (BatchNorm/IterNorm statistics per view):
-      # the same result as two calls, with Dense layers twice as tall.
-      p1, p2 = self.pooled(x1, train), self.pooled(x2, train)
-      proj = self.projector(jnp.concatenate([p1, p2], axis=0), train, num_views=2)
-      out["proj1"], out["proj2"] = proj[:x1.shape[0]], proj[x1.shape[0]:]
       if self.aug_recon:
+        # The view's full VQ-VAE pass also gives its continuous latent: one encoder pass of
+        # x1, not two (and one update of the encoder's BatchNorm statistics with it).
         aug = self.vqvae(x1, train)
         out["aug/x_hat"], out["aug/s_hat"], out["aug/s"] = aug["x_hat"], aug["s_hat"], aug["s"]
         for n in self.vqvae.branch_names:
           out[f"aug/{n}/commit_loss"] = aug[f"{n}/commit_loss"]
           out[f"aug/{n}/codebook_loss"] = aug[f"{n}/codebook_loss"]
+        p1 = self.pool({n: aug[f"{n}/z_e"] for n in self.vqvae.branch_names})
+      else:
+        p1 = self.pooled(x1, train)
+      p2 = self.pooled(x2, train)
+      # Both views through the projector at once (BatchNorm/IterNorm statistics per view):
+      # the same result as two calls, with Dense layers twice as tall.
+      proj = self.projector(jnp.concatenate([p1, p2], axis=0), train, num_views=2)
+      out["proj1"], out["proj2"] = proj[:x1.shape[0]], proj[x1.shape[0]:]
     return out
 
   # Thin wrappers so callers can use ``model.apply(vars, ..., method=...)``.
