@@ -204,3 +204,40 @@ def test_aug_recon_reconstructs_the_view_and_encodes_it_once():
   assert np.isfinite(m["aug_recon"]) and m["aug_recon"] > 0
   np.testing.assert_allclose(m["loss"], m["recon_time"] + m["recon_tf"] + m["commit"]
                              + 0.01 * m["ssl"] + 0.1 * m["aug_recon"], rtol=1e-5)
+
+
+def test_view_bn_stats_false_keeps_augmented_views_out_of_the_encoder_statistics():
+  """ssl.view_bn_stats=False: after a step the encoder's BatchNorm running statistics are
+  those of the x pass alone, the projector's are unchanged from the default mode, and the
+  loss is the same (batch statistics, not running ones, are used in training)."""
+  over = {"stage1.ssl.method": "barlowtwins", "stage1.ssl.weight": 1.0}
+  cfg = tiny_config(**over)
+  ds = load_dataset(cfg.dataset, cfg.stft.n_fft)
+  model, state, tx = run_lib.stage1_setup(cfg, ds)
+  batch = {"x": jnp.asarray(ds.train.x[:cfg.stage1.batch_size]),
+           "y": jnp.asarray(ds.train.y[:cfg.stage1.batch_size])}
+  steps = {}
+  for flag in (True, False):
+    c = tiny_config(**over, **{"stage1.ssl.view_bn_stats": flag})
+    steps[flag] = jax.jit(stage1.make_train_step(model, c.stage1, tx))(
+        state, batch, jax.random.key(0))
+  (s_ref, m_ref), (s_new, m_new) = steps[True], steps[False]
+  np.testing.assert_allclose(float(m_new["loss"]), float(m_ref["loss"]), rtol=1e-6)
+  # The x pass alone, from the same starting variables:
+  _, x_only = model.apply({"params": state.params, **state.model_state}, batch["x"], train=True,
+                          mutable=list(state.model_state), rngs={"vq": jax.random.key(1)})
+  enc = lambda ms: ms["batch_stats"]["vqvae"]  # noqa: E731
+  chex_equal = lambda a, b: jax.tree.map(  # noqa: E731
+      lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6), a, b)
+  chex_equal(enc(s_new.model_state), enc(x_only))
+  proj = lambda ms: ms["batch_stats"]["projector"]  # noqa: E731
+  chex_equal(proj(s_new.model_state), proj(s_ref.model_state))
+  # ... while in the default (NC-VQVAE) mode the views moved the encoder's statistics.
+  diffs = jax.tree.leaves(jax.tree.map(lambda u, v: float(jnp.max(jnp.abs(u - v))),
+                                       enc(s_ref.model_state), enc(x_only)))
+  assert max(diffs) > 1e-4
+  # Checkpoints and study runs from before the key existed still match the default.
+  assert "view_bn_stats" not in run_lib.stage_identity(cfg, "stage1")["stage1"]["ssl"]
+  assert run_lib.stage_identity(
+      tiny_config(**over, **{"stage1.ssl.view_bn_stats": False}),
+      "stage1")["stage1"]["ssl"]["view_bn_stats"] is False

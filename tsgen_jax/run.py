@@ -26,6 +26,23 @@ from tsgen_jax.models import stage1 as stage1_model
 # (conv_wgrad_chunk changes only how a gradient is summed, not the model or its results).
 _VOLATILE = ("log_every", "checkpoint_every", "keep_checkpoints", "conv_wgrad_chunk")
 
+# Keys added after runs existed, with the value that reproduces the older behaviour. They are
+# recorded in a stage's identity (and compared by the study) only when set to another value,
+# so checkpoints and finished study runs from before the key existed still match.
+_LEGACY_VALUES = {("stage1", "ssl", "view_bn_stats"): True}
+
+
+def drop_legacy_defaults(d: dict) -> dict:
+  """Removes from the nested config dict ``d`` (in place; returned) every _LEGACY_VALUES key
+  that holds its legacy value."""
+  for path, value in _LEGACY_VALUES.items():
+    node = d
+    for k in path[:-1]:
+      node = node.get(k) if isinstance(node, dict) else None
+    if isinstance(node, dict) and node.get(path[-1], value) == value:
+      node.pop(path[-1], None)
+  return d
+
 
 @dataclasses.dataclass
 class Context:
@@ -44,7 +61,7 @@ def stage_identity(cfg, stage: str) -> dict:
     d["stage1"].pop(k, None)
   if stage == "stage2":
     d["stage2"] = {k: v for k, v in cfg.stage2.to_dict().items() if k not in _VOLATILE}
-  return d
+  return drop_legacy_defaults(d)
 
 
 def loop_config(cfg, workdir, stage: str, section) -> trainer.LoopConfig:

@@ -82,6 +82,7 @@ def make_train_step(model: model_lib.Stage1Model, s1_cfg, tx):
   ssl_fn = ssl_loss_fn(s1_cfg.ssl)
   make_view = view_fn(s1_cfg.ssl) if ssl_fn is not None else None
   branches = model.vqvae.branch_names
+  view_stats = s1_cfg.ssl.get("view_bn_stats", True)
 
   def train_step(state: ts_lib.TrainState, batch, rng):
     x = batch["x"]
@@ -91,8 +92,19 @@ def make_train_step(model: model_lib.Stage1Model, s1_cfg, tx):
       x1, x2 = make_view(k1, x), make_view(k2, x)
 
     def loss_fn(params):
-      out, new_ms = model.apply({"params": params, **state.model_state}, x, x1, x2, train=True,
-                                mutable=list(state.model_state), rngs={"vq": k_vq})
+      variables = {"params": params, **state.model_state}
+      mutable, rngs = list(state.model_state), {"vq": k_vq}
+      if x1 is None or view_stats:
+        out, new_ms = model.apply(variables, x, x1, x2, train=True, mutable=mutable, rngs=rngs)
+      else:
+        # Two applies from the same variables: the encoder's running statistics (and the EMA
+        # codebook) from the x pass only; the projector's from the views pass.
+        out, new_ms = model.apply(variables, x, train=True, mutable=mutable, rngs=rngs)
+        views, view_ms = model.apply(variables, x1, x2, True, method="ssl_views",
+                                     mutable=mutable, rngs=rngs)
+        out.update(views)
+        new_ms = {**new_ms, "batch_stats": {**new_ms["batch_stats"],
+                                            "projector": view_ms["batch_stats"]["projector"]}}
       if x1 is not None:
         out["aug/x"] = x1
       loss, metrics = compute_loss(out, x, branches, s1_cfg, ssl_fn)

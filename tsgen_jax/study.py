@@ -28,6 +28,7 @@ others still go into the tables. std is the sample standard deviation (ddof=1; 0
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import importlib.util
@@ -213,14 +214,14 @@ _STAGE2_SECTIONS = ("stage2", "sample")
 def _result_config(d: dict, stage2: bool = False) -> dict:
   """The parts of a config (as JSON data) that the stage-1 (and, with ``stage2``, the stage-2)
   results depend on."""
-  from tsgen_jax.run import _VOLATILE
+  from tsgen_jax.run import _VOLATILE, drop_legacy_defaults
   sections = _RESULT_SECTIONS + (_STAGE2_SECTIONS if stage2 else ())
   out = {k: d.get(k) for k in sections}
   out["dataset"] = {k: v for k, v in (out["dataset"] or {}).items()
                     if k not in ("data_dir", "cache_dir")}
   for k in ("stage1",) + (("stage2",) if stage2 else ()):
     out[k] = {key: v for key, v in (out[k] or {}).items() if key not in _VOLATILE}
-  return out
+  return drop_legacy_defaults(copy.deepcopy(out))
 
 
 def has_results(results: dict, stage2: bool = False) -> bool:

@@ -56,27 +56,34 @@ class Stage1Model(nn.Module):
   def __call__(self, x, x1=None, x2=None, train: bool = False):
     """x, x1, x2 (B, C, L): the series and its two views (views only for SSL).
 
-    Returns the VQ-VAE outputs (see VQVAE.__call__), plus ``proj1``/``proj2`` (B, proj_dim)
-    for SSL and ``aug/x_hat``, ``aug/s_hat``, ``aug/s`` when reconstructing the view.
+    Returns the VQ-VAE outputs (see VQVAE.__call__), plus those of :meth:`ssl_views` when
+    the model has a projector and views are given.
     """
     out = self.vqvae(x, train)
     if self.ssl_method != "none" and x1 is not None:
-      if self.aug_recon:
-        # The view's full VQ-VAE pass also gives its continuous latent: one encoder pass of
-        # x1, not two (and one update of the encoder's BatchNorm statistics with it).
-        aug = self.vqvae(x1, train)
-        out["aug/x_hat"], out["aug/s_hat"], out["aug/s"] = aug["x_hat"], aug["s_hat"], aug["s"]
-        for n in self.vqvae.branch_names:
-          out[f"aug/{n}/commit_loss"] = aug[f"{n}/commit_loss"]
-          out[f"aug/{n}/codebook_loss"] = aug[f"{n}/codebook_loss"]
-        p1 = self.pool({n: aug[f"{n}/z_e"] for n in self.vqvae.branch_names})
-      else:
-        p1 = self.pooled(x1, train)
-      p2 = self.pooled(x2, train)
-      # Both views through the projector at once (BatchNorm/IterNorm statistics per view):
-      # the same result as two calls, with Dense layers twice as tall.
-      proj = self.projector(jnp.concatenate([p1, p2], axis=0), train, num_views=2)
-      out["proj1"], out["proj2"] = proj[:x1.shape[0]], proj[x1.shape[0]:]
+      out.update(self.ssl_views(x1, x2, train))
+    return out
+
+  def ssl_views(self, x1, x2, train: bool = False):
+    """The SSL branch for views x1, x2 (B, C, L): ``proj1``/``proj2`` (B, proj_dim), and
+    ``aug/x_hat``, ``aug/s_hat``, ``aug/s`` and the view's VQ losses when reconstructing x1."""
+    out = {}
+    if self.aug_recon:
+      # The view's full VQ-VAE pass also gives its continuous latent: one encoder pass of
+      # x1, not two (and one update of the encoder's BatchNorm statistics with it).
+      aug = self.vqvae(x1, train)
+      out["aug/x_hat"], out["aug/s_hat"], out["aug/s"] = aug["x_hat"], aug["s_hat"], aug["s"]
+      for n in self.vqvae.branch_names:
+        out[f"aug/{n}/commit_loss"] = aug[f"{n}/commit_loss"]
+        out[f"aug/{n}/codebook_loss"] = aug[f"{n}/codebook_loss"]
+      p1 = self.pool({n: aug[f"{n}/z_e"] for n in self.vqvae.branch_names})
+    else:
+      p1 = self.pooled(x1, train)
+    p2 = self.pooled(x2, train)
+    # Both views through the projector at once (BatchNorm/IterNorm statistics per view):
+    # the same result as two calls, with Dense layers twice as tall.
+    proj = self.projector(jnp.concatenate([p1, p2], axis=0), train, num_views=2)
+    out["proj1"], out["proj2"] = proj[:x1.shape[0]], proj[x1.shape[0]:]
     return out
 
   # Thin wrappers so callers can use ``model.apply(vars, ..., method=...)``.
