@@ -86,7 +86,8 @@ def base_config() -> ml_collections.ConfigDict:
   ssl.aug_recon_weight = 0.0  # reconstruct the augmented view too (NC-VQVAE: 0.1)
   # Whether the views' encoder passes update the encoder's BatchNorm running statistics (and,
   # with aug_recon, the EMA codebook), as in NC-VQVAE's PyTorch code. False: only the original
-  # series' pass does, so eval-mode statistics describe unaugmented data (results/stage1_study.md).
+  # series' pass does, so eval-mode statistics describe unaugmented data (results/stage1_study.md);
+  # with aug_recon the view is then quantised with the codebook before this step's EMA update.
   ssl.view_bn_stats = True
   ssl.barlow_lambda = 5e-3
   ssl.barlow_per_dim = True  # divide the Barlow Twins loss by D (NC-VQVAE's convention)
