@@ -16,10 +16,14 @@ cfg = ml_collections.ConfigDict(json.load(open(os.path.join(workdir, "config.jso
 ds = load_dataset(cfg.dataset, min_length=cfg.stft.n_fft)
 x_test, _ = ds.test.arrays(); x_train, _ = ds.train.arrays()
 model, variables = run_lib.load_stage1(cfg, workdir, ds)
-def mse_of(v):
-  te = eval_stage1.batched(eval_stage1.make_eval_fn(model, v), x_test)
-  return float(np.mean((te["x_hat"] - x_test) ** 2))
-m0 = mse_of(variables)
+def evaluate(v):
+  """(test recon MSE, probe summary) from one pass of the eval function over the test split."""
+  fn = eval_stage1.make_eval_fn(model, v)
+  te = eval_stage1.batched(fn, x_test)
+  p = eval_stage1.latent_probes(fn, ds, te)
+  return (float(np.mean((te["x_hat"] - x_test) ** 2)),
+          f"svm {p['probe_svm_acc']:.3f} svm_q {p['probe_svm_acc_q']:.3f} knn {p['probe_knn_acc']:.3f}")
+m0, p0 = evaluate(variables)
 mut = [k for k in variables if k != "params"]
 @jax.jit
 def upd(v, xb, key):
@@ -31,11 +35,6 @@ bs = int(cfg.stage1.batch_size)
 for i in range(100):
   idx = rng.choice(len(x_train), bs, replace=False)
   v = upd(v, jnp.asarray(x_train[idx]), jax.random.key(i))
-m1 = mse_of(v)
+m1, p1 = evaluate(v)
 print(f"{os.path.basename(workdir)} recon_mse stored {m0:.4f} recalibrated {m1:.4f}", flush=True)
-def probes(v):
-  fn = eval_stage1.make_eval_fn(model, v)
-  te = eval_stage1.batched(fn, x_test)
-  p = eval_stage1.latent_probes(fn, ds, te)
-  return f"svm {p['probe_svm_acc']:.3f} svm_q {p['probe_svm_acc_q']:.3f} knn {p['probe_knn_acc']:.3f}"
-print(f"  probes stored: {probes(variables)} | recalibrated: {probes(v)}", flush=True)
+print(f"  probes stored: {p0} | recalibrated: {p1}", flush=True)
