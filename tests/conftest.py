@@ -1,8 +1,35 @@
 """Shared test helpers. Tests run on CPU; the real UCR archive is optional."""
 
 import os
+import shutil
+import tempfile
 
 import pytest
+
+_xla_cache_dir = ""
+
+
+def pytest_configure(config):
+  """One persistent XLA compilation cache for the whole session, in a fresh temporary folder.
+
+  Many tests build the same tiny models (and the CLI tests' subprocesses compile the same
+  train steps again), so sharing compiled programs cuts the suite's time; the cache starts
+  empty on every run and is deleted at the end, so no test sees another run's programs. Set
+  before jax is imported, so this process and every subprocess (which inherit the
+  environment) use it. A cache the caller configured is left alone.
+  """
+  global _xla_cache_dir
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return
+  _xla_cache_dir = tempfile.mkdtemp(prefix="tsgen_jax_tests_xla_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _xla_cache_dir  # programs compiling in >= 1 s
+
+
+def pytest_unconfigure(config):
+  if _xla_cache_dir:
+    shutil.rmtree(_xla_cache_dir, ignore_errors=True)
+    os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+
 
 _DEFAULT_UCR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "ucr",
                             "UCRArchive_2018")
