@@ -7,14 +7,13 @@ Draws the CAS samples exactly as eval_stage2 does (so seed cfg.seed reproduces r
 
   python results/cas_seeds.py runs/ecg_default 0,1,2
 """
-import json, os, sys
+import sys
 import numpy as np
-import ml_collections
 from tsgen_jax import run as run_lib, sharding, evaluation as ev, eval_stage2
 from tsgen_jax.data import load_dataset
 
 workdir, seeds = sys.argv[1], [int(s) for s in sys.argv[2].split(",")]
-cfg = ml_collections.ConfigDict(json.load(open(os.path.join(workdir, "config.json"))))
+cfg = run_lib.load_run_config(workdir)
 ds = load_dataset(cfg.dataset, min_length=cfg.stft.n_fft)
 ctx = run_lib.Context(cfg, workdir, ds, sharding.make_mesh(cfg.mesh))
 x_test, y_test = ds.test.arrays(); x_train, y_train = ds.train.arrays(); k = ds.num_classes

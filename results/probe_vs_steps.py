@@ -8,14 +8,13 @@ checkpoints when training (--config.stage1.checkpoint_every=250
 
   python results/probe_vs_steps.py runs/traj_tp_vqvae
 """
-import json, os, sys
+import os, sys
 import numpy as np
-import ml_collections
 from tsgen_jax import checkpoint as ckpt_lib, eval_stage1, run as run_lib
 from tsgen_jax.data import load_dataset
 
 workdir = sys.argv[1]
-cfg = ml_collections.ConfigDict(json.load(open(os.path.join(workdir, "config.json"))))
+cfg = run_lib.load_run_config(workdir)
 ds = load_dataset(cfg.dataset, min_length=cfg.stft.n_fft)
 x_test, _ = ds.test.arrays()
 print("step recon_mse svm knn svm_q knn_q", flush=True)

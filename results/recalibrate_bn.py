@@ -6,13 +6,12 @@ the augmented views' encoder passes.
 
   python results/recalibrate_bn.py runs/traj_ShapesAll_vibcreg_s0_b32
 """
-import json, os, sys
+import os, sys
 import numpy as np, jax, jax.numpy as jnp
-import ml_collections
 from tsgen_jax import eval_stage1, run as run_lib
 from tsgen_jax.data import load_dataset
 workdir = sys.argv[1]
-cfg = ml_collections.ConfigDict(json.load(open(os.path.join(workdir, "config.json"))))
+cfg = run_lib.load_run_config(workdir)
 ds = load_dataset(cfg.dataset, min_length=cfg.stft.n_fft)
 x_test, _ = ds.test.arrays(); x_train, _ = ds.train.arrays()
 model, variables = run_lib.load_stage1(cfg, workdir, ds)
@@ -22,7 +21,8 @@ def evaluate(v):
   te = eval_stage1.batched(fn, x_test)
   p = eval_stage1.latent_probes(fn, ds, te)
   return (float(np.mean((te["x_hat"] - x_test) ** 2)),
-          f"svm {p['probe_svm_acc']:.3f} svm_q {p['probe_svm_acc_q']:.3f} knn {p['probe_knn_acc']:.3f}")
+          f"svm {p['probe_svm_acc']:.3f} svm_q {p['probe_svm_acc_q']:.3f} "
+          f"knn {p['probe_knn_acc']:.3f}")
 m0, p0 = evaluate(variables)
 mut = [k for k in variables if k != "params"]
 @jax.jit

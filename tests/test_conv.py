@@ -105,13 +105,3 @@ def test_vqvae_gradients_and_variables_unchanged():
   assert len(flat0) == len(flat1) > 10
   for a, b in zip(flat0, flat1):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * max(float(jnp.abs(a).max()), 1e-3))
-
-
-def test_config_without_the_key_still_builds():
-  """config.json files written before conv_wgrad_chunk existed still load (auto)."""
-  import ml_collections
-  from tsgen_jax.models.vqvae import from_config
-  d = base_config().to_dict()
-  del d["stage1"]["conv_wgrad_chunk"]
-  model = from_config(ml_collections.ConfigDict(d), 1, 128)
-  assert model.wgrad_chunk == conv_lib.resolve_rows(-1)

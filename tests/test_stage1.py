@@ -15,6 +15,7 @@ from conftest import tiny_config
 from tsgen_jax import run as run_lib
 from tsgen_jax import sharding, stage1, trainer
 from tsgen_jax.data import BatchStream, load_dataset
+from tsgen_jax.models import conv as conv_lib
 from tsgen_jax.models import stage1 as stage1_model
 from tsgen_jax.models.vqvae import VQVAE
 
@@ -241,3 +242,24 @@ def test_view_bn_stats_false_keeps_augmented_views_out_of_the_encoder_statistics
   assert run_lib.stage_identity(
       tiny_config(**over, **{"stage1.ssl.view_bn_stats": False}),
       "stage1")["stage1"]["ssl"]["view_bn_stats"] is False
+
+
+def test_load_run_config_completes_a_config_saved_before_newer_keys(tmp_path):
+  """A run's config.json written before stage1.conv_wgrad_chunk and stage1.ssl.view_bn_stats
+  existed loads with the behaviour the run had (views in the BatchNorm statistics) and the
+  default for a speed-only key; the saved values are kept; a missing file is a ConfigError."""
+  from tsgen_jax.errors import ConfigError
+  d = tiny_config(**{"stage1.ssl.method": "vibcreg", "stage1.dim": 24}).to_dict()
+  del d["stage1"]["conv_wgrad_chunk"], d["stage1"]["ssl"]["view_bn_stats"]
+  (tmp_path / "config.json").write_text(json.dumps(d))
+  cfg = run_lib.load_run_config(str(tmp_path))
+  assert cfg.stage1.ssl.view_bn_stats is True and cfg.stage1.conv_wgrad_chunk == -1
+  assert cfg.stage1.dim == 24 and cfg.stage1.ssl.method == "vibcreg"
+  assert cfg.to_dict() == tiny_config(**{"stage1.ssl.method": "vibcreg",
+                                        "stage1.dim": 24}).to_dict()
+  assert stage1_model.from_config(cfg, 1, 128).vqvae.wgrad_chunk == conv_lib.resolve_rows(-1)
+  with pytest.raises(ConfigError, match="config.json: not found"):
+    run_lib.load_run_config(str(tmp_path / "nowhere"))
+  (tmp_path / "config.json").write_text("{not json")
+  with pytest.raises(ConfigError, match="cannot read the saved config"):
+    run_lib.load_run_config(str(tmp_path))

@@ -44,6 +44,44 @@ def drop_legacy_defaults(d: dict) -> dict:
   return d
 
 
+def load_run_config(workdir: str):
+  """The ConfigDict a run saved as ``<workdir>/config.json``, completed for today's code.
+
+  Keys added to the config after the run was made are filled in: a _LEGACY_VALUES key with
+  the value that reproduces the run's behaviour, any other with base_config()'s default
+  (such keys only change speed, e.g. stage1.conv_wgrad_chunk). Keys the run has keep their
+  values. ConfigError if the file is missing or not JSON.
+  """
+  import json
+
+  import ml_collections
+
+  from tsgen_jax.config import base_config
+  path = os.path.join(workdir, "config.json")
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except FileNotFoundError:
+    raise ConfigError(f"{path}: not found (is {workdir} a run's workdir?)") from None
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"{path}: cannot read the saved config ({e})") from None
+  full = base_config().to_dict()
+  for path_keys, value in _LEGACY_VALUES.items():
+    node = full
+    for k in path_keys[:-1]:
+      node = node[k]
+    node[path_keys[-1]] = value
+
+  def merge(default: dict, given: dict) -> dict:
+    out = dict(default)
+    for k, v in given.items():
+      out[k] = merge(default[k], v) if isinstance(v, dict) and isinstance(
+          default.get(k), dict) else v
+    return out
+
+  return ml_collections.ConfigDict(merge(full, saved))
+
+
 @dataclasses.dataclass
 class Context:
   """What every stage gets: the config, the workdir, the data and the device mesh."""

@@ -82,7 +82,7 @@ def make_train_step(model: model_lib.Stage1Model, s1_cfg, tx):
   ssl_fn = ssl_loss_fn(s1_cfg.ssl)
   make_view = view_fn(s1_cfg.ssl) if ssl_fn is not None else None
   branches = model.vqvae.branch_names
-  view_stats = s1_cfg.ssl.get("view_bn_stats", True)
+  view_stats = s1_cfg.ssl.view_bn_stats
 
   def train_step(state: ts_lib.TrainState, batch, rng):
     x = batch["x"]
