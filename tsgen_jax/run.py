@@ -4,10 +4,13 @@ eval_stage2. Each stage reads what earlier stages left in the workdir."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import time
 
 import jax
+import ml_collections
 import numpy as np
 
 from tsgen_jax import checkpoint as ckpt_lib
@@ -16,6 +19,7 @@ from tsgen_jax import stage1 as stage1_lib
 from tsgen_jax import trainer
 from tsgen_jax import workdir as wd
 from tsgen_jax.config import ALL_STAGES
+from tsgen_jax.config import base_config
 from tsgen_jax.config import validate
 from tsgen_jax.data import BatchStream, Dataset, load_dataset
 from tsgen_jax.data.pipeline import batch_indices
@@ -32,14 +36,20 @@ _VOLATILE = ("log_every", "checkpoint_every", "keep_checkpoints", "conv_wgrad_ch
 _LEGACY_VALUES = {("stage1", "ssl", "view_bn_stats"): True}
 
 
+def _parent(d: dict, path: tuple):
+  """The dict in the nested dict ``d`` that holds the key ``path[-1]``, or None."""
+  node = d
+  for k in path[:-1]:
+    node = node.get(k) if isinstance(node, dict) else None
+  return node if isinstance(node, dict) else None
+
+
 def drop_legacy_defaults(d: dict) -> dict:
   """Removes from the nested config dict ``d`` (in place; returned) every _LEGACY_VALUES key
   that holds its legacy value."""
   for path, value in _LEGACY_VALUES.items():
-    node = d
-    for k in path[:-1]:
-      node = node.get(k) if isinstance(node, dict) else None
-    if isinstance(node, dict) and node.get(path[-1], value) == value:
+    node = _parent(d, path)
+    if node is not None and node.get(path[-1], value) == value:
       node.pop(path[-1], None)
   return d
 
@@ -52,11 +62,6 @@ def load_run_config(workdir: str):
   (such keys only change speed, e.g. stage1.conv_wgrad_chunk). Keys the run has keep their
   values. ConfigError if the file is missing or not JSON.
   """
-  import json
-
-  import ml_collections
-
-  from tsgen_jax.config import base_config
   path = os.path.join(workdir, "config.json")
   try:
     with open(path) as f:
@@ -67,10 +72,7 @@ def load_run_config(workdir: str):
     raise ConfigError(f"{path}: cannot read the saved config ({e})") from None
   full = base_config().to_dict()
   for path_keys, value in _LEGACY_VALUES.items():
-    node = full
-    for k in path_keys[:-1]:
-      node = node[k]
-    node[path_keys[-1]] = value
+    _parent(full, path_keys)[path_keys[-1]] = value
 
   def merge(default: dict, given: dict) -> dict:
     out = dict(default)
@@ -305,8 +307,6 @@ _RESULT_STAGES = ("eval_stage1", "sample", "eval_stage2")
 def stage_fingerprint(cfg, workdir: str, stage: str) -> str:
   """A digest of everything a result stage's output depends on: the configs and checkpoints of
   the models it reads, and its own settings."""
-  import hashlib
-  import json
   uses_stage2 = stage != "eval_stage1"
   ident = stage_identity(cfg, "stage2" if uses_stage2 else "stage1")
   ident["eval"] = cfg.eval.to_dict()
