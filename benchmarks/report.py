@@ -72,7 +72,9 @@ def main(argv=None):
       "",
       f"- Machine: {info.get('cpu', '?')}, {info.get('cpu_count', '?')} cores "
       f"({info.get('platform', '')})",
-      f"- Commit: `{info.get('commit', '?')}` (plus the working-tree changes described below)",
+      f"- Commit: `{info.get('commit', '?')}`" + (
+          " (plus uncommitted changes to the code)" if info.get("uncommitted_changes", True)
+          else ", no uncommitted changes to the code"),
       f"- Load average at start / end of the run: {info.get('loadavg_start')} / "
       f"{info.get('loadavg_end')} (the machine is shared; a load above 2 inflates every "
       "figure)",

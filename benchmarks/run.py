@@ -24,6 +24,7 @@ import sys
 from benchmarks import augment_bench, common, data_bench, stage1_bench, stage2_bench
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT_DIR = os.path.dirname(HERE)
 
 ALL_NAMES = ([f"stage1_{v}_b{b}" for b in (128, 32) for v in stage1_bench.VARIANTS]
              + [f"stage1_plain_L{l}_b{b}" for l in (128, 512, 1024) for b in (32, 128, 512)]
@@ -67,6 +68,10 @@ def machine() -> dict:
   try:
     info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE,
                                     capture_output=True, text=True).stdout.strip()
+    # Uncommitted changes to the package or the benchmarks (results/docs do not count).
+    info["uncommitted_changes"] = bool(subprocess.run(
+        ["git", "status", "--porcelain", "--", "tsgen_jax", "benchmarks/*.py"], cwd=ROOT_DIR,
+        capture_output=True, text=True).stdout.strip())
   except OSError:
     pass
   try:
