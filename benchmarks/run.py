@@ -68,10 +68,12 @@ def machine() -> dict:
   try:
     info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE,
                                     capture_output=True, text=True).stdout.strip()
-    # Uncommitted changes to the package or the benchmarks (results/docs do not count).
-    info["uncommitted_changes"] = bool(subprocess.run(
-        ["git", "status", "--porcelain", "--", "tsgen_jax", "benchmarks/*.py"], cwd=ROOT_DIR,
-        capture_output=True, text=True).stdout.strip())
+    # Uncommitted changes to the package or the benchmarks (results/docs do not count);
+    # left out when git cannot tell (the report then assumes there were some).
+    status = subprocess.run(["git", "status", "--porcelain", "--", "tsgen_jax",
+                             "benchmarks/*.py"], cwd=ROOT_DIR, capture_output=True, text=True)
+    if status.returncode == 0:
+      info["uncommitted_changes"] = bool(status.stdout.strip())
   except OSError:
     pass
   try:
