@@ -118,6 +118,17 @@ def matmul_peak(n: int = 2048, iters: int = DEFAULT_ITERS):
   return r
 
 
+def memory_bandwidth(mb: int = 512, iters: int = DEFAULT_ITERS):
+  """Row for ``y = 2 x + 1`` over an ``mb``-MB float32 vector (one read and one write per
+  element); its gb_per_s is this machine's reference memory bandwidth, for the memory-bound
+  rows as matmul_f32_2048's GFLOP/s is for the compute-bound ones."""
+  n = mb * 2 ** 20 // 4
+  x = jnp.ones((n,), jnp.float32)
+  r = bench_pure(f"stream_f32_{mb}mb", jax.jit(lambda v: 2.0 * v + 1.0), (x,), iters=iters)
+  r["gb_per_s"] = round(2 * mb * 2 ** 20 / 1e9 / (r["median_ms"] / 1e3), 2)
+  return r
+
+
 def random_batch(b, c, length, seed=0):
   return {"x": jnp.asarray(np.random.default_rng(seed).standard_normal((b, c, length)),
                            jnp.float32),

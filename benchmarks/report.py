@@ -75,6 +75,9 @@ def main(argv=None):
       f"- Commit: `{info.get('commit', '?')}`" + (
           " (plus uncommitted changes to the code)" if info.get("uncommitted_changes", True)
           else ", no uncommitted changes to the code"),
+      *[f"- Memory bandwidth in the same run: {r['gb_per_s']:.1f} GB/s (`{r['name']}`: "
+        "y = 2x + 1 over a float32 vector, one read and one write per element)"
+        for r in rows if "gb_per_s" in r],
       f"- Load average at start / end of the run: {info.get('loadavg_start')} / "
       f"{info.get('loadavg_end')} (the machine is shared; a load above 2 inflates every "
       "figure)",

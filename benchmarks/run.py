@@ -3,7 +3,8 @@
 Prints a table and writes ``benchmarks/results.json`` (a list of rows: name, median_ms,
 min_ms, max_ms, gflops_per_s, fraction_of_peak, compile_s, peak_mem_mb, ...). Every timing
 is the median of >= 20 calls after warm-up. ``fraction_of_peak`` is relative to a 2048^3
-float32 jnp.dot measured in the same run (row ``matmul_f32_2048``).
+float32 jnp.dot measured in the same run (row ``matmul_f32_2048``); row ``stream_f32_512mb``
+measures the memory bandwidth (``gb_per_s``) in the same run, for the memory-bound rows.
 
 Names: stage1_{plain,barlowtwins,vibcreg,lfhf,vibcreg_lfhf}_b{128,32}, stage1_plain_L{128,512,
 1024}_b{32,128,512}, stage2_train_b{256,32}, stage2_train_lfhf_b128 (the default config's
@@ -117,7 +118,9 @@ def main(argv=None):
   print(json.dumps(info), flush=True)
   peak = common.matmul_peak()
   print(peak, flush=True)
-  rows = [peak]
+  bandwidth = common.memory_bandwidth()
+  print(bandwidth, flush=True)
+  rows = [peak, bandwidth]
   pk = peak["gflops_per_s"]
 
   def save():
