@@ -34,7 +34,12 @@ def make_config(variant: str, batch: int, length: int = 128, matmul_dtype="float
 
 def build(variant: str, batch: int, length: int = 128, matmul_dtype="float32"):
   """(jitted step, state, (batch, rng)) for one stage-1 variant."""
-  cfg = make_config(variant, batch, length, matmul_dtype)
+  return build_from_config(make_config(variant, batch, length, matmul_dtype))
+
+
+def build_from_config(cfg):
+  """(jitted step, state, (batch, rng)) for the stage-1 step of ``cfg`` (see make_config)."""
+  batch, length = cfg.stage1.batch_size, cfg.dataset.length
   ds = load_dataset(cfg.dataset, cfg.stft.n_fft)
   mesh = sharding.make_mesh()
   model, state, tx = run_lib.stage1_setup(cfg, ds)

@@ -12,9 +12,6 @@ import jax
 import numpy as np
 
 from benchmarks import common, stage1_bench
-from tsgen_jax import run as run_lib
-from tsgen_jax import sharding, stage1, trainer
-from tsgen_jax.data import load_dataset
 
 
 def main(length: int, batch: int, settings: list[int], rounds: int) -> None:
@@ -22,22 +19,15 @@ def main(length: int, batch: int, settings: list[int], rounds: int) -> None:
   for rows in settings:
     cfg = stage1_bench.make_config("plain", batch, length)
     cfg.stage1.conv_wgrad_chunk = rows
-    ds = load_dataset(cfg.dataset, cfg.stft.n_fft)
-    mesh = sharding.make_mesh()
-    model, state, tx = run_lib.stage1_setup(cfg, ds)
-    state = sharding.replicate_tree(state, mesh)
-    step = trainer.compile_step(stage1.make_train_step(model, cfg.stage1, tx), mesh, state)
-    b = jax.device_put(common.random_batch(batch, 1, length), sharding.data_sharding(mesh))
-    t = time.perf_counter()
-    compiled = step.lower(state, b, jax.random.key(1)).compile()
-    compile_s = time.perf_counter() - t
-    state, _ = compiled(state, b, jax.random.key(1))
+    jitted, state, (b, rng) = stage1_bench.build_from_config(cfg)
+    compiled, compile_s, _, _ = common.compile_fn(jitted, state, b, rng)
+    state, _ = compiled(state, b, rng)
     jax.block_until_ready(state)
     runs[rows] = [compiled, state, b, [], compile_s]
   for _ in range(rounds):
     for r in runs.values():
       t = time.perf_counter()
-      r[1], _ = r[0](r[1], r[2], jax.random.key(1))
+      r[1], _ = r[0](r[1], r[2], rng)
       jax.block_until_ready(r[1])
       r[3].append(time.perf_counter() - t)
   for rows, r in runs.items():
