@@ -16,7 +16,8 @@ def pytest_configure(config):
   train steps again), so sharing compiled programs cuts the suite's time; the cache starts
   empty on every run and is deleted at the end, so no test sees another run's programs. Set
   before jax is imported, so this process and every subprocess (which inherit the
-  environment) use it. A cache the caller configured is left alone.
+  environment) use it; pytest-xdist workers inherit it too, find it set and leave its deletion
+  to the main process. A cache the caller configured is left alone.
   """
   global _xla_cache_dir
   if os.environ.get("JAX_COMPILATION_CACHE_DIR"):

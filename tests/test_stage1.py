@@ -225,8 +225,9 @@ def test_view_bn_stats_false_keeps_augmented_views_out_of_the_encoder_statistics
   (s_ref, m_ref), (s_new, m_new) = steps[True], steps[False]
   np.testing.assert_allclose(float(m_new["loss"]), float(m_ref["loss"]), rtol=1e-6)
   # The x pass alone, from the same starting variables:
-  _, x_only = model.apply({"params": state.params, **state.model_state}, batch["x"], train=True,
-                          mutable=list(state.model_state), rngs={"vq": jax.random.key(1)})
+  _, x_only = jax.jit(lambda v, x: model.apply(
+      v, x, train=True, mutable=list(state.model_state), rngs={"vq": jax.random.key(1)}))(
+          {"params": state.params, **state.model_state}, batch["x"])
   enc = lambda ms: ms["batch_stats"]["vqvae"]  # noqa: E731
   chex_equal = lambda a, b: jax.tree.map(  # noqa: E731
       lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6), a, b)
