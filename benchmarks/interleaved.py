@@ -1,0 +1,71 @@
+"""Step time of one stage-1 step under several values of one config field, built in one
+process and timed in alternating rounds, so that every value sees the same machine load.
+
+  python -m benchmarks.interleaved plain 128 128 stage1.matmul_dtype float32,bfloat16 20
+  # variant, L, B, config field, values, timed rounds (one call per value per round)
+
+Prints one line per value (benchmarks/NOTES.md quotes its output). ``compare`` is the
+library form; ``benchmarks.wgrad_slices`` uses it for ``stage1.conv_wgrad_chunk``.
+"""
+import sys
+import time
+
+import jax
+import numpy as np
+
+from benchmarks import common, stage1_bench
+
+
+def _parse(value: str):
+  """'16' -> 16, '0.5' -> 0.5, 'true' -> True, anything else stays a string."""
+  if value.lower() in ("true", "false"):
+    return value.lower() == "true"
+  for cast in (int, float):
+    try:
+      return cast(value)
+    except ValueError:
+      pass
+  return value
+
+
+def compare(variant: str, length: int, batch: int, field: str, values: list, rounds: int,
+            label: str = "") -> dict:
+  """Builds the step of ``stage1_bench.make_config(variant, batch, length)`` with ``field``
+  (dotted, e.g. 'stage1.conv_wgrad_chunk') set to each value, runs one call per value per
+  round, and prints median / min step time and compile time per value.
+
+  Returns {value: (compile_s, [seconds per timed call])}.
+  """
+  runs = {}
+  for value in values:
+    cfg = stage1_bench.make_config(variant, batch, length)
+    *parents, key = field.split(".")
+    node = cfg
+    for p in parents:
+      node = node[p]
+    node[key] = value
+    jitted, state, (b, rng) = stage1_bench.build_from_config(cfg)
+    compiled, compile_s, _, _ = common.compile_fn(jitted, state, b, rng)
+    state, _ = compiled(state, b, rng)  # warm-up
+    jax.block_until_ready(state)
+    runs[value] = [compiled, state, b, [], compile_s]
+  for _ in range(rounds):
+    for r in runs.values():
+      t = time.perf_counter()
+      r[1], _ = r[0](r[1], r[2], rng)
+      jax.block_until_ready(r[1])
+      r[3].append(time.perf_counter() - t)
+  prefix = label or f"{variant} L={length} B={batch}"
+  for value, r in runs.items():
+    print(f"{prefix} {field}={value}: compile {r[4]:.1f}s step median "
+          f"{1000 * np.median(r[3]):.0f} ms (min {1000 * min(r[3]):.0f}, {len(r[3])} calls)",
+          flush=True)
+  return {value: (r[4], r[3]) for value, r in runs.items()}
+
+
+if __name__ == "__main__":
+  if len(sys.argv) not in (6, 7):
+    sys.exit(__doc__)
+  compare(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4],
+          [_parse(v) for v in sys.argv[5].split(",")],
+          int(sys.argv[6]) if len(sys.argv) > 6 else 5)
