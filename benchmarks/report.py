@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-from benchmarks.run import table
+from benchmarks.run import TARGETS, table
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -25,12 +25,6 @@ REFERENCE = """| path | NC-VQVAE (PyTorch) | TimeVQVAE (PyTorch) | target |
 | sampling 256 series T=10 s=1 | 4805 ms (53/s) | 16506 ms (15.5/s) | >= 120 series/s |
 
 Reference figures: PyTorch 2.13 on the same 2-core CPU kind, median ms per step."""
-
-# (row, "ms" target upper bound | "series_per_s" lower bound, value)
-TARGETS = [("stage1_plain_b128", "ms", 110), ("stage1_barlowtwins_b128", "ms", 600),
-           ("stage1_vibcreg_b128", "ms", 600), ("stage1_lfhf_b128", "ms", 300),
-           ("stage2_train_b256", "ms", 500), ("sample_256_t10_s1", "series_per_s", 120)]
-
 
 def verdicts(rows) -> str:
   by = {r["name"]: r for r in rows}
@@ -52,12 +46,10 @@ def verdicts(rows) -> str:
   return "\n".join(out)
 
 
-def main(argv=None):
-  path = (argv or sys.argv[1:] or [os.path.join(HERE, "results.json")])[0]
-  data = json.load(open(path))
+def render(data: dict, notes: str = "") -> str:
+  """BENCHMARKS.md's text from a results.json object ({"machine": {...}, "rows": [...]}) and
+  the free-text notes appended at the end."""
   info, rows = data["machine"], data["rows"]
-  notes_path = os.path.join(HERE, "NOTES.md")
-  notes = open(notes_path).read() if os.path.exists(notes_path) else ""
   timed = [r for r in rows if "skipped" not in r]
   skipped = [r for r in rows if "skipped" in r]
   md = [
@@ -97,9 +89,18 @@ def main(argv=None):
   md += ["## Targets", "", verdicts(rows), "", "## Reference", "", REFERENCE, ""]
   if notes:
     md += [notes]
+  return "\n".join(md) + "\n"
+
+
+def main(argv=None):
+  path = (argv or sys.argv[1:] or [os.path.join(HERE, "results.json")])[0]
+  data = json.load(open(path))
+  notes_path = os.path.join(HERE, "NOTES.md")
+  notes = open(notes_path).read() if os.path.exists(notes_path) else ""
+  text = render(data, notes)
   with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as f:
-    f.write("\n".join(md) + "\n")
-  print("\n".join(md))
+    f.write(text)
+  print(text, end="")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,102 @@
+"""The benchmark harness's arithmetic and report: GFLOP/s and fractions of peak, target
+verdicts, the commit line, starred rows from other runs, and ``--only`` selection. No timing
+is asserted, only what the harness computes from timings it is given."""
+
+import pytest
+
+from benchmarks import common, interleaved, report, run
+
+
+def test_row_gflops_fraction_and_rounding():
+  r = common.row("x", [30.0, 10.0, 20.0], flops=2e9, compile_s=1.234,
+                 mem={"peak_mb": 5.0}, peak_gflops=200.0, series_per_s=3)
+  assert (r["median_ms"], r["min_ms"], r["max_ms"], r["iters"]) == (20.0, 10.0, 30.0, 3)
+  assert r["gflop"] == 2.0
+  assert r["gflops_per_s"] == pytest.approx(100.0)  # 2 GFLOP in 20 ms
+  assert r["fraction_of_peak"] == pytest.approx(0.5)
+  assert r["compile_s"] == 1.23 and r["peak_mem_mb"] == 5.0 and r["series_per_s"] == 3
+  bare = common.row("y", [1.0, 2.0])
+  assert "gflops_per_s" not in bare and "fraction_of_peak" not in bare
+  assert bare["median_ms"] == 1.5
+
+
+def test_time_calls_warms_up_then_times_each_call():
+  calls = []
+  times = common.time_calls(lambda: calls.append(1), iters=5, warmup=2)
+  assert len(calls) == 7 and len(times) == 5 and all(t >= 0 for t in times)
+
+
+def test_reference_rows_use_their_own_units():
+  mm = common.matmul_peak(n=64, iters=3)
+  assert mm["gflop"] == round(2 * 64 ** 3 / 1e9, 4) and mm["fraction_of_peak"] == 1.0
+  assert mm["gflops_per_s"] == pytest.approx(2 * 64 ** 3 / 1e9 / (mm["median_ms"] / 1e3),
+                                             rel=1e-3)
+  bw = common.memory_bandwidth(mb=4, iters=3)
+  assert bw["name"] == "stream_f32_4mb"
+  # One read and one write of 4 MiB per call.
+  assert bw["gb_per_s"] == pytest.approx(2 * 4 * 2 ** 20 / 1e9 / (bw["median_ms"] / 1e3),
+                                         rel=1e-2, abs=0.01)
+
+
+def _row(name, ms, **extra):
+  return {"name": name, "median_ms": ms, "min_ms": ms - 1, "max_ms": ms + 1, **extra}
+
+
+def test_verdicts_bounds_and_missing_rows():
+  rows = [_row("stage1_plain_b128", 110.0),  # on the bound: met
+          _row("stage1_barlowtwins_b128", 600.4),
+          _row("stage1_lfhf_b128", 299.0),
+          _row("stage2_train_b256", 950.0),
+          _row("sample_256_t10_s1", 2000.0, series_per_s=119.9)]
+  lines = dict(line[2:].split(": ", 1) for line in report.verdicts(rows).splitlines())
+  assert lines["stage1_plain_b128"].startswith("target <= 110 ms: **met**")
+  assert lines["stage1_barlowtwins_b128"].startswith("target <= 600 ms: **not met**")
+  assert lines["stage1_lfhf_b128"].startswith("target <= 300 ms: **met**")
+  assert lines["stage2_train_b256"].startswith("target <= 500 ms: **not met**")
+  assert lines["sample_256_t10_s1"].startswith("target >= 120 series/s: **not met**")
+  assert lines["stage1_vibcreg_b128"] == "not measured in this run"
+  met = report.verdicts([_row("sample_256_t10_s1", 1000.0, series_per_s=256.0)])
+  assert "sample_256_t10_s1: target >= 120 series/s: **met** (256.0 series/s" in met
+
+
+def _results(**machine):
+  return {"machine": {"cpu": "Test CPU", "cpu_count": 2, "commit": "abc1234", **machine},
+          "rows": [_row("matmul_f32_2048", 60.0, gflops_per_s=286.3, fraction_of_peak=1.0),
+                   _row("stream_f32_512mb", 125.0, gb_per_s=8.59),
+                   _row("stage1_plain_b128", 200.0, fraction_of_peak=0.25),
+                   _row("stage1_plain_L1024_b512", 7000.0, run="an --only run"),
+                   {"name": "stage1_plain_L512_b512", "skipped": "too big"}]}
+
+
+def test_render_commit_line_bandwidth_starred_and_skipped_rows():
+  text = report.render(_results(uncommitted_changes=False), notes="## Notes\n\nfree text")
+  assert "- Commit: `abc1234`, no uncommitted changes to the code" in text
+  assert "- Memory bandwidth in the same run: 8.6 GB/s (`stream_f32_512mb`" in text
+  assert "| stage1_plain_L1024_b512 * | 7000.0 |" in text
+  assert "`*` rows come from separate runs: an --only run." in text
+  assert "| stage1_plain_b128 | 200.0 | 199.0 | 201.0 |  | 25% |" in text
+  assert "- stage1_plain_L512_b512: too big" in text
+  assert "| stage1_plain_L512_b512" not in text  # skipped rows are not in the table
+  assert text.rstrip().endswith("free text")
+  # A run that could not tell (no git) counts as having changes, as does one that had some.
+  for machine in ({}, {"uncommitted_changes": True}):
+    assert "`abc1234` (plus uncommitted changes to the code)" in report.render(_results(**machine))
+
+
+def test_only_selection():
+  assert run.select(None) is None
+  assert run.select("stage1_plain_b128, sample_256_t10_s1") == {"stage1_plain_b128",
+                                                                "sample_256_t10_s1"}
+  augment = run.select("augment_*")
+  assert augment and all(n.startswith("augment_") for n in augment)
+  assert augment == {n for n in run.ALL_NAMES if n.startswith("augment_")}
+  assert run.select("data_pipeline") == {"data_pipeline_host_batch",
+                                         "data_pipeline_device_batch"}
+  with pytest.raises(SystemExit, match="unknown benchmark 'stage1_nope'"):
+    run.select("stage1_nope")
+  assert set(run.TARGET_ROWS) <= set(run.ALL_NAMES)  # every target row can be run
+
+
+def test_interleaved_value_parsing():
+  assert [interleaved._parse(v) for v in ("16", "0", "0.5", "True", "false", "bfloat16")] == \
+      [16, 0, 0.5, True, False, "bfloat16"]
