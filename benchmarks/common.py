@@ -118,13 +118,24 @@ def matmul_peak(n: int = 2048, iters: int = DEFAULT_ITERS):
   return r
 
 
-def memory_bandwidth(mb: int = 512, iters: int = DEFAULT_ITERS):
-  """Row for ``y = 2 x + 1`` over an ``mb``-MB float32 vector (one read and one write per
-  element); its gb_per_s is this machine's reference memory bandwidth, for the memory-bound
-  rows as matmul_f32_2048's GFLOP/s is for the compute-bound ones."""
+def memory_bandwidth(mb: int = 512, iters: int = DEFAULT_ITERS, in_place: bool = True):
+  """Row for ``y = 2 x + 1`` over an ``mb``-MB float32 vector: one read and one write per
+  element, ``gb_per_s`` counting both.
+
+  ``in_place=True`` (row ``stream_f32_{mb}mb``) donates x, so y is written over it: this
+  machine's memory bandwidth, the reference for memory-bound rows as matmul_f32_2048's GFLOP/s
+  is for compute-bound ones. ``in_place=False`` (row ``stream_f32_{mb}mb_new_output``) writes
+  y to a buffer allocated for each call, as a step's temporaries are: the kernel's page faults
+  and zeroing of fresh memory are then part of the time (2026-12-02: 44 vs 8.3 GB/s).
+  """
   n = mb * 2 ** 20 // 4
   x = jnp.ones((n,), jnp.float32)
-  r = bench_pure(f"stream_f32_{mb}mb", jax.jit(lambda v: 2.0 * v + 1.0), (x,), iters=iters)
+  if in_place:
+    step = jax.jit(lambda v: (2.0 * v + 1.0, None), donate_argnums=0)
+    r = bench_stateful(f"stream_f32_{mb}mb", step, x, (), iters=iters)
+  else:
+    r = bench_pure(f"stream_f32_{mb}mb_new_output", jax.jit(lambda v: 2.0 * v + 1.0), (x,),
+                   iters=iters)
   r["gb_per_s"] = round(2 * mb * 2 ** 20 / 1e9 / (r["median_ms"] / 1e3), 2)
   return r
 

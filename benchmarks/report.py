@@ -46,6 +46,16 @@ def verdicts(rows) -> str:
   return "\n".join(out)
 
 
+def _bandwidth_line(r: dict) -> str:
+  if r["name"].endswith("_new_output"):
+    return (f"- The same stream into freshly allocated memory: {r['gb_per_s']:.1f} GB/s "
+            f"(`{r['name']}`: y in a new buffer each call, so the kernel's page faults and "
+            "zeroing count, as for a step's temporaries)")
+  return (f"- Memory bandwidth in the same run: {r['gb_per_s']:.1f} GB/s (`{r['name']}`: "
+          "y = 2x + 1 in place over a 512 MB float32 vector, one read and one write per "
+          "element)")
+
+
 def render(data: dict, notes: str = "") -> str:
   """BENCHMARKS.md's text from a results.json object ({"machine": {...}, "rows": [...]}) and
   the free-text notes appended at the end."""
@@ -67,9 +77,7 @@ def render(data: dict, notes: str = "") -> str:
       f"- Commit: `{info.get('commit', '?')}`" + (
           " (plus uncommitted changes to the code)" if info.get("uncommitted_changes", True)
           else ", no uncommitted changes to the code"),
-      *[f"- Memory bandwidth in the same run: {r['gb_per_s']:.1f} GB/s (`{r['name']}`: "
-        "y = 2x + 1 over a float32 vector, one read and one write per element)"
-        for r in rows if "gb_per_s" in r],
+      *[_bandwidth_line(r) for r in rows if "gb_per_s" in r],
       f"- Load average at start / end of the run: {info.get('loadavg_start')} / "
       f"{info.get('loadavg_end')} (the machine is shared; a load above 2 inflates every "
       "figure)",

@@ -4,7 +4,8 @@ Prints a table and writes ``benchmarks/results.json`` (a list of rows: name, med
 min_ms, max_ms, gflops_per_s, fraction_of_peak, compile_s, peak_mem_mb, ...). Every timing
 is the median of >= 20 calls after warm-up. ``fraction_of_peak`` is relative to a 2048^3
 float32 jnp.dot measured in the same run (row ``matmul_f32_2048``); row ``stream_f32_512mb``
-measures the memory bandwidth (``gb_per_s``) in the same run, for the memory-bound rows.
+measures the memory bandwidth (``gb_per_s``) in the same run, for the memory-bound rows, and
+``stream_f32_512mb_new_output`` the same stream into freshly allocated memory.
 
 Names: stage1_{plain,barlowtwins,vibcreg,lfhf,vibcreg_lfhf}_b{128,32}, stage1_plain_L{128,512,
 1024}_b{32,128,512}, stage2_train_b{256,32}, stage2_train_lfhf_b128 (the default config's
@@ -121,9 +122,9 @@ def main(argv=None):
   print(json.dumps(info), flush=True)
   peak = common.matmul_peak()
   print(peak, flush=True)
-  bandwidth = common.memory_bandwidth()
+  bandwidth = [common.memory_bandwidth(in_place=True), common.memory_bandwidth(in_place=False)]
   print(bandwidth, flush=True)
-  rows = [peak, bandwidth]
+  rows = [peak, *bandwidth]
   pk = peak["gflops_per_s"]
 
   def save():

@@ -31,11 +31,12 @@ def test_reference_rows_use_their_own_units():
   assert mm["gflop"] == round(2 * 64 ** 3 / 1e9, 4) and mm["fraction_of_peak"] == 1.0
   assert mm["gflops_per_s"] == pytest.approx(2 * 64 ** 3 / 1e9 / (mm["median_ms"] / 1e3),
                                              rel=1e-3)
-  bw = common.memory_bandwidth(mb=4, iters=3)
-  assert bw["name"] == "stream_f32_4mb"
-  # One read and one write of 4 MiB per call.
-  assert bw["gb_per_s"] == pytest.approx(2 * 4 * 2 ** 20 / 1e9 / (bw["median_ms"] / 1e3),
-                                         rel=1e-2, abs=0.01)
+  for in_place, name in ((True, "stream_f32_4mb"), (False, "stream_f32_4mb_new_output")):
+    bw = common.memory_bandwidth(mb=4, iters=3, in_place=in_place)
+    assert bw["name"] == name
+    # One read and one write of 4 MiB per call.
+    assert bw["gb_per_s"] == pytest.approx(2 * 4 * 2 ** 20 / 1e9 / (bw["median_ms"] / 1e3),
+                                           rel=1e-2, abs=0.01)
 
 
 def _row(name, ms, **extra):
@@ -62,7 +63,8 @@ def test_verdicts_bounds_and_missing_rows():
 def _results(**machine):
   return {"machine": {"cpu": "Test CPU", "cpu_count": 2, "commit": "abc1234", **machine},
           "rows": [_row("matmul_f32_2048", 60.0, gflops_per_s=286.3, fraction_of_peak=1.0),
-                   _row("stream_f32_512mb", 125.0, gb_per_s=8.59),
+                   _row("stream_f32_512mb", 24.0, gb_per_s=44.7),
+                   _row("stream_f32_512mb_new_output", 125.0, gb_per_s=8.59),
                    _row("stage1_plain_b128", 200.0, fraction_of_peak=0.25),
                    _row("stage1_plain_L1024_b512", 7000.0, run="an --only run"),
                    {"name": "stage1_plain_L512_b512", "skipped": "too big"}]}
@@ -71,7 +73,9 @@ def _results(**machine):
 def test_render_commit_line_bandwidth_starred_and_skipped_rows():
   text = report.render(_results(uncommitted_changes=False), notes="## Notes\n\nfree text")
   assert "- Commit: `abc1234`, no uncommitted changes to the code" in text
-  assert "- Memory bandwidth in the same run: 8.6 GB/s (`stream_f32_512mb`" in text
+  assert "- Memory bandwidth in the same run: 44.7 GB/s (`stream_f32_512mb`:" in text
+  assert ("- The same stream into freshly allocated memory: 8.6 GB/s "
+          "(`stream_f32_512mb_new_output`:") in text
   assert "| stage1_plain_L1024_b512 * | 7000.0 |" in text
   assert "`*` rows come from separate runs: an --only run." in text
   assert "| stage1_plain_b128 | 200.0 | 199.0 | 201.0 |  | 25% |" in text
