@@ -28,8 +28,8 @@ def _parse(value: str):
   return value
 
 
-def compare(variant: str, length: int, batch: int, field: str, values: list, rounds: int,
-            label: str = "") -> dict:
+def compare(variant: str, length: int, batch: int, field: str, values: list,
+            rounds: int) -> dict:
   """Builds the step of ``stage1_bench.make_config(variant, batch, length)`` with ``field``
   (dotted, e.g. 'stage1.conv_wgrad_chunk') set to each value, runs one call per value per
   round, and prints median / min step time and compile time per value.
@@ -42,22 +42,23 @@ def compare(variant: str, length: int, batch: int, field: str, values: list, rou
     *parents, key = field.split(".")
     node = cfg
     for p in parents:
-      node = node[p]
+      node = node.get(p) if hasattr(node, "get") else None
+    if node is None or not hasattr(node, "keys") or key not in node:
+      raise KeyError(f"no config field {field!r}")  # a typo must not time the default twice
     node[key] = value
     jitted, state, (b, rng) = stage1_bench.build_from_config(cfg)
     compiled, compile_s, _, _ = common.compile_fn(jitted, state, b, rng)
     state, _ = compiled(state, b, rng)  # warm-up
     jax.block_until_ready(state)
-    runs[value] = [compiled, state, b, [], compile_s]
+    runs[value] = [compiled, state, (b, rng), [], compile_s]
   for _ in range(rounds):
     for r in runs.values():
       t = time.perf_counter()
-      r[1], _ = r[0](r[1], r[2], rng)
+      r[1], _ = r[0](r[1], *r[2])
       jax.block_until_ready(r[1])
       r[3].append(time.perf_counter() - t)
-  prefix = label or f"{variant} L={length} B={batch}"
   for value, r in runs.items():
-    print(f"{prefix} {field}={value}: compile {r[4]:.1f}s step median "
+    print(f"{variant} L={length} B={batch} {field}={value}: compile {r[4]:.1f}s step median "
           f"{1000 * np.median(r[3]):.0f} ms (min {1000 * min(r[3]):.0f}, {len(r[3])} calls)",
           flush=True)
   return {value: (r[4], r[3]) for value, r in runs.items()}
@@ -66,6 +67,9 @@ def compare(variant: str, length: int, batch: int, field: str, values: list, rou
 if __name__ == "__main__":
   if len(sys.argv) not in (6, 7):
     sys.exit(__doc__)
-  compare(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4],
-          [_parse(v) for v in sys.argv[5].split(",")],
-          int(sys.argv[6]) if len(sys.argv) > 6 else 5)
+  try:
+    compare(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4],
+            [_parse(v) for v in sys.argv[5].split(",")],
+            int(sys.argv[6]) if len(sys.argv) > 6 else 5)
+  except (KeyError, TypeError) as e:  # unknown field; a value of the wrong type
+    sys.exit(f"benchmarks.interleaved: {e}")

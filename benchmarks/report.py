@@ -52,8 +52,7 @@ def _bandwidth_line(r: dict) -> str:
             f"(`{r['name']}`: y in a new buffer each call, so the kernel's page faults and "
             "zeroing count, as for a step's temporaries)")
   return (f"- Memory bandwidth in the same run: {r['gb_per_s']:.1f} GB/s (`{r['name']}`: "
-          "y = 2x + 1 in place over a 512 MB float32 vector, one read and one write per "
-          "element)")
+          "y = 2x + 1 in place over a float32 vector, one read and one write per element)")
 
 
 def render(data: dict, notes: str = "") -> str:

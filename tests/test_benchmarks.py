@@ -101,6 +101,10 @@ def test_only_selection():
   assert set(run.TARGET_ROWS) <= set(run.ALL_NAMES)  # every target row can be run
 
 
-def test_interleaved_value_parsing():
+def test_interleaved_value_parsing_and_unknown_fields():
   assert [interleaved._parse(v) for v in ("16", "0", "0.5", "True", "false", "bfloat16")] == \
       [16, 0, 0.5, True, False, "bfloat16"]
+  with pytest.raises(KeyError, match="no config field 'stage1.conv_wgrad_chunks'"):
+    interleaved.compare("plain", 128, 32, "stage1.conv_wgrad_chunks", [16, 0], 1)
+  with pytest.raises(KeyError, match="no config field 'stage9.dim'"):
+    interleaved.compare("plain", 128, 32, "stage9.dim", [8], 1)
