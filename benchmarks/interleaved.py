@@ -14,38 +14,24 @@ import jax
 import numpy as np
 
 from benchmarks import common, stage1_bench
-
-
-def _parse(value: str):
-  """'16' -> 16, '0.5' -> 0.5, 'true' -> True, anything else stays a string."""
-  if value.lower() in ("true", "false"):
-    return value.lower() == "true"
-  for cast in (int, float):
-    try:
-      return cast(value)
-    except ValueError:
-      pass
-  return value
+from tsgen_jax import study
+from tsgen_jax.errors import ConfigError
 
 
 def compare(variant: str, length: int, batch: int, field: str, values: list,
             rounds: int) -> dict:
   """Builds the step of ``stage1_bench.make_config(variant, batch, length)`` with ``field``
-  (dotted, e.g. 'stage1.conv_wgrad_chunk') set to each value, runs one call per value per
-  round, and prints median / min step time and compile time per value.
+  (dotted, e.g. 'stage1.conv_wgrad_chunk') set to each value (a string, converted to the
+  field's type by ``study.apply_override``: an unknown field or a value of the wrong type is a
+  ConfigError, so a typo cannot time the default twice), runs one call per value per round,
+  and prints median / min step time and compile time per value.
 
   Returns {value: (compile_s, [seconds per timed call])}.
   """
   runs = {}
   for value in values:
     cfg = stage1_bench.make_config(variant, batch, length)
-    *parents, key = field.split(".")
-    node = cfg
-    for p in parents:
-      node = node.get(p) if hasattr(node, "get") else None
-    if node is None or not hasattr(node, "keys") or key not in node:
-      raise KeyError(f"no config field {field!r}")  # a typo must not time the default twice
-    node[key] = value
+    study.apply_override(cfg, f"{field}={value}")
     jitted, state, (b, rng) = stage1_bench.build_from_config(cfg)
     compiled, compile_s, _, _ = common.compile_fn(jitted, state, b, rng)
     state, _ = compiled(state, b, rng)  # warm-up
@@ -69,7 +55,6 @@ if __name__ == "__main__":
     sys.exit(__doc__)
   try:
     compare(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4],
-            [_parse(v) for v in sys.argv[5].split(",")],
-            int(sys.argv[6]) if len(sys.argv) > 6 else 5)
-  except (KeyError, TypeError) as e:  # unknown field; a value of the wrong type
+            sys.argv[5].split(","), int(sys.argv[6]) if len(sys.argv) > 6 else 5)
+  except ConfigError as e:  # unknown field; a value of the wrong type
     sys.exit(f"benchmarks.interleaved: {e}")

@@ -12,5 +12,5 @@ from benchmarks import interleaved
 
 if __name__ == "__main__":
   interleaved.compare("plain", int(sys.argv[1]), int(sys.argv[2]), "stage1.conv_wgrad_chunk",
-                      [int(s) for s in sys.argv[3].split(",")],
+                      sys.argv[3].split(","),
                       int(sys.argv[4]) if len(sys.argv) > 4 else 5)

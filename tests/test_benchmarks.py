@@ -5,6 +5,7 @@ is asserted, only what the harness computes from timings it is given."""
 import pytest
 
 from benchmarks import common, interleaved, report, run
+from tsgen_jax.errors import ConfigError
 
 
 def test_row_gflops_fraction_and_rounding():
@@ -101,10 +102,9 @@ def test_only_selection():
   assert set(run.TARGET_ROWS) <= set(run.ALL_NAMES)  # every target row can be run
 
 
-def test_interleaved_value_parsing_and_unknown_fields():
-  assert [interleaved._parse(v) for v in ("16", "0", "0.5", "True", "false", "bfloat16")] == \
-      [16, 0, 0.5, True, False, "bfloat16"]
-  with pytest.raises(KeyError, match="no config field 'stage1.conv_wgrad_chunks'"):
-    interleaved.compare("plain", 128, 32, "stage1.conv_wgrad_chunks", [16, 0], 1)
-  with pytest.raises(KeyError, match="no config field 'stage9.dim'"):
-    interleaved.compare("plain", 128, 32, "stage9.dim", [8], 1)
+def test_interleaved_rejects_unknown_fields_and_mistyped_values():
+  for field, value in (("stage1.conv_wgrad_chunks", "16"), ("stage9.dim", "8")):
+    with pytest.raises(ConfigError, match=f"unknown config key '{field}'"):
+      interleaved.compare("plain", 128, 32, field, [value], 1)
+  with pytest.raises(ConfigError, match="stage1.conv_wgrad_chunk=sixteen: expected a int"):
+    interleaved.compare("plain", 128, 32, "stage1.conv_wgrad_chunk", ["sixteen"], 1)
