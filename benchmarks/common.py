@@ -130,12 +130,12 @@ def memory_bandwidth(mb: int = 512, iters: int = DEFAULT_ITERS, in_place: bool =
   """
   n = mb * 2 ** 20 // 4
   x = jnp.ones((n,), jnp.float32)
+  stream = lambda v: 2.0 * v + 1.0  # noqa: E731
   if in_place:
-    step = jax.jit(lambda v: (2.0 * v + 1.0, None), donate_argnums=0)
+    step = jax.jit(lambda v: (stream(v), None), donate_argnums=0)
     r = bench_stateful(f"stream_f32_{mb}mb", step, x, (), iters=iters)
   else:
-    r = bench_pure(f"stream_f32_{mb}mb_new_output", jax.jit(lambda v: 2.0 * v + 1.0), (x,),
-                   iters=iters)
+    r = bench_pure(f"stream_f32_{mb}mb_new_output", jax.jit(stream), (x,), iters=iters)
   r["gb_per_s"] = round(2 * mb * 2 ** 20 / 1e9 / (r["median_ms"] / 1e3), 2)
   return r
 
