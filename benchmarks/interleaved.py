@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from benchmarks import common, stage1_bench
-from tsgen_jax import study
+from tsgen_jax import host_memory, study
 from tsgen_jax.errors import ConfigError
 
 
@@ -51,6 +51,7 @@ def compare(variant: str, length: int, batch: int, field: str, values: list,
 
 
 if __name__ == "__main__":
+  host_memory.start()  # may restart this command once with huge-page malloc
   if len(sys.argv) not in (6, 7):
     sys.exit(__doc__)
   try:

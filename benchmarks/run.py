@@ -24,6 +24,7 @@ import subprocess
 import sys
 
 from benchmarks import augment_bench, common, data_bench, stage1_bench, stage2_bench
+from tsgen_jax import host_memory
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT_DIR = os.path.dirname(HERE)
@@ -119,6 +120,7 @@ def main(argv=None):
   args = p.parse_args(argv)
   only = select(args.only)
   info = machine()
+  info["host_malloc"] = host_memory.current_mode()  # tsgen_jax/host_memory.py
   print(json.dumps(info), flush=True)
   peak = common.matmul_peak()
   print(peak, flush=True)
@@ -160,4 +162,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  host_memory.start()  # may restart this command once with huge-page malloc
   main()

@@ -682,4 +682,6 @@ def cli(argv):
 
 if __name__ == "__main__":
   from absl import app
+  from tsgen_jax import host_memory
+  host_memory.start()  # may restart this command once with huge-page malloc
   app.run(main, flags_parser=parse_flags)
