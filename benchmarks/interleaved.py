@@ -51,7 +51,7 @@ def compare(variant: str, length: int, batch: int, field: str, values: list,
 
 
 if __name__ == "__main__":
-  host_memory.start()  # may restart this command once with huge-page malloc
+  host_memory.start()  # TSGEN_MALLOC=hugepages: restart once with huge-page malloc
   if len(sys.argv) not in (6, 7):
     sys.exit(__doc__)
   try:

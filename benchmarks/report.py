@@ -77,6 +77,12 @@ def render(data: dict, notes: str = "") -> str:
           " (plus uncommitted changes to the code)" if info.get("uncommitted_changes", True)
           else ", no uncommitted changes to the code"),
       *[_bandwidth_line(r) for r in rows if "gb_per_s" in r],
+      "- Host malloc: " + {
+          "hugepages": "huge pages (`TSGEN_MALLOC=hugepages`: "
+                       "`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, tsgen_jax/host_memory.py)",
+          "system": "glibc's default 4 KB pages (`TSGEN_MALLOC=system`, the default)",
+      }.get(info.get("host_malloc"), "not recorded (runs before tsgen_jax/host_memory.py: "
+                                      "glibc's default 4 KB pages)"),
       f"- Load average at start / end of the run: {info.get('loadavg_start')} / "
       f"{info.get('loadavg_end')} (the machine is shared; a load above 2 inflates every "
       "figure)",

@@ -162,5 +162,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  host_memory.start()  # may restart this command once with huge-page malloc
+  host_memory.start()  # TSGEN_MALLOC=hugepages: restart once with huge-page malloc
   main()

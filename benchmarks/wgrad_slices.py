@@ -12,7 +12,7 @@ from benchmarks import interleaved
 from tsgen_jax import host_memory
 
 if __name__ == "__main__":
-  host_memory.start()  # may restart this command once with huge-page malloc
+  host_memory.start()  # TSGEN_MALLOC=hugepages: restart once with huge-page malloc
   interleaved.compare("plain", int(sys.argv[1]), int(sys.argv[2]), "stage1.conv_wgrad_chunk",
                       sys.argv[3].split(","),
                       int(sys.argv[4]) if len(sys.argv) > 4 else 5)

@@ -83,6 +83,8 @@ def test_render_commit_line_bandwidth_starred_and_skipped_rows():
   assert "- stage1_plain_L512_b512: too big" in text
   assert "| stage1_plain_L512_b512" not in text  # skipped rows are not in the table
   assert text.rstrip().endswith("free text")
+  assert "- Host malloc: not recorded" in text
+  assert "- Host malloc: huge pages" in report.render(_results(host_malloc="hugepages"))
   # A run that could not tell (no git) counts as having changes, as does one that had some.
   for machine in ({}, {"uncommitted_changes": True}):
     assert "`abc1234` (plus uncommitted changes to the code)" in report.render(_results(**machine))

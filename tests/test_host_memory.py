@@ -72,13 +72,13 @@ def test_thp_mode_reads_the_bracketed_setting(tmp_path):
 
 def test_unknown_mode_is_a_config_error(monkeypatch):
   monkeypatch.setenv(host_memory.ENV_VAR, "jemalloc")
-  with pytest.raises(ConfigError, match="TSGEN_MALLOC='jemalloc'.*hugepages"):
+  with pytest.raises(ConfigError, match="TSGEN_MALLOC='jemalloc'.*system"):
     host_memory.mode_from_env()
-  monkeypatch.setenv(host_memory.ENV_VAR, " System ")
-  assert host_memory.mode_from_env() == "system"
-  assert host_memory.reexec_with_hugepages() == "system"  # returns: no restart
-  monkeypatch.delenv(host_memory.ENV_VAR)
+  monkeypatch.setenv(host_memory.ENV_VAR, " HugePages ")
   assert host_memory.mode_from_env() == "hugepages"
+  monkeypatch.delenv(host_memory.ENV_VAR)
+  assert host_memory.mode_from_env() == "system"
+  assert host_memory.reexec_with_hugepages() == "system"  # the default returns: no restart
 
 
 def test_main_rejects_an_unknown_mode_in_one_line(tmp_path):
@@ -88,5 +88,5 @@ def test_main_rejects_an_unknown_mode_in_one_line(tmp_path):
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 2
   assert out.stderr.strip().splitlines() == [
-      "error: $TSGEN_MALLOC='bogus'; expected one of ['hugepages', 'system']"]
+      "error: $TSGEN_MALLOC='bogus'; expected one of ['system', 'hugepages']"]
   assert not (tmp_path / "run").exists()

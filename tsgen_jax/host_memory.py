@@ -11,12 +11,16 @@ faults in and zeroes them again, 4 KB at a time: 31,500 page faults per plain B 
 glibc's tunable ``glibc.malloc.hugetlb=1`` (glibc >= 2.35) makes malloc ask for transparent
 huge pages (``madvise(MADV_HUGEPAGE)``) on the memory it maps: one fault per 2 MB instead of
 per 4 KB, and fewer TLB misses while the step runs. Tunables are read only when a process
-starts, so :func:`reexec_with_hugepages` restarts the current command once (``execve``: same
-pid, arguments and environment, plus that tunable) before anything else runs. The command-line
-entry points (``python -m tsgen_jax.main``, ``tsgen_jax.study``, ``benchmarks.run``,
-``benchmarks.interleaved``, ``benchmarks.wgrad_slices``) call it first thing.
+starts, so with ``TSGEN_MALLOC=hugepages`` :func:`reexec_with_hugepages` restarts the
+current command once (``execve``: same pid, arguments and environment, plus that tunable)
+before anything else runs. The command-line entry points (``python -m tsgen_jax.main``,
+``tsgen_jax.study``, ``benchmarks.run``, ``benchmarks.interleaved``,
+``benchmarks.wgrad_slices``) call it first thing.
 
-``TSGEN_MALLOC=system`` leaves malloc as it is. Nothing happens on other C libraries (macOS,
+It is opt-in: on the 2-core VM where it was measured, it sped up the batch-128 SSL and stage-2
+steps (-9 % and -18 %) but made the memory-heavy steps (L >= 512 or batch 512) stall now and
+then (medians +0 to +60 %, single calls up to 4x), see benchmarks/NOTES.md. The default,
+``TSGEN_MALLOC=system``, leaves malloc as it is. Nothing happens on other C libraries (macOS,
 musl), when the kernel's transparent huge pages are off (``never``), or when
 ``GLIBC_TUNABLES`` already sets ``glibc.malloc.hugetlb``.
 """
@@ -30,7 +34,7 @@ import sys
 from tsgen_jax.errors import ConfigError
 
 ENV_VAR = "TSGEN_MALLOC"
-MODES = ("hugepages", "system")
+MODES = ("system", "hugepages")
 TUNABLE = "glibc.malloc.hugetlb"
 THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
 
@@ -51,12 +55,12 @@ def thp_mode(path: str = THP_SETTING) -> str:
 
 
 def mode_from_env() -> str:
-  """The ``TSGEN_MALLOC`` mode: 'hugepages' (default) or 'system'.
+  """The ``TSGEN_MALLOC`` mode: 'system' (default) or 'hugepages'.
 
   Raises:
     ConfigError: for any other value.
   """
-  mode = os.environ.get(ENV_VAR, "").strip().lower() or "hugepages"
+  mode = os.environ.get(ENV_VAR, "").strip().lower() or "system"
   if mode not in MODES:
     raise ConfigError(f"${ENV_VAR}={os.environ[ENV_VAR]!r}; expected one of {list(MODES)}")
   return mode
@@ -72,8 +76,9 @@ def hugepage_env(environ) -> dict | None:
 
 
 def reexec_with_hugepages() -> str:
-  """Restarts this command with huge-page malloc when it applies (see the module docstring);
-  call it before JAX or anything else starts. Does not return if it restarts.
+  """Restarts this command with huge-page malloc if ``TSGEN_MALLOC=hugepages`` asks for it and
+  it applies (see the module docstring). Call it before JAX or anything else starts; it does
+  not return if it restarts.
 
   Returns the mode the process runs with: 'hugepages', 'system', or 'system (<why not>)'.
 

@@ -70,5 +70,5 @@ def main(argv):
 
 if __name__ == "__main__":
   from tsgen_jax import host_memory
-  host_memory.start()  # may restart this command once with huge-page malloc
+  host_memory.start()  # TSGEN_MALLOC=hugepages: restart once with huge-page malloc
   app.run(main, flags_parser=parse_flags)
