@@ -81,6 +81,15 @@ def test_unknown_mode_is_a_config_error(monkeypatch):
   assert host_memory.reexec_with_hugepages() == "system"  # the default returns: no restart
 
 
+def test_current_mode_reads_the_tunable(monkeypatch):
+  on = host_memory.is_glibc() and host_memory.thp_mode() not in ("never", "")
+  monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1")
+  assert host_memory.current_mode() == ("hugepages" if on else "system")
+  for tunables in ("glibc.malloc.hugetlb=0", "glibc.malloc.arena_max=2", ""):
+    monkeypatch.setenv("GLIBC_TUNABLES", tunables)
+    assert host_memory.current_mode() == "system"
+
+
 def test_main_rejects_an_unknown_mode_in_one_line(tmp_path):
   env = {**os.environ, host_memory.ENV_VAR: "bogus", "PYTHONPATH": ROOT}
   out = subprocess.run([sys.executable, "-m", "tsgen_jax.main", "--config=configs/vqvae.py",

@@ -102,8 +102,9 @@ def reexec_with_hugepages() -> str:
 
 def current_mode() -> str:
   """'hugepages' if this process started with huge-page malloc in effect, else 'system'."""
-  on = (is_glibc() and thp_mode() not in ("never", "")
-        and hugepage_env(os.environ) is None and f"{TUNABLE}=0" not in os.environ["GLIBC_TUNABLES"])
+  tunables = os.environ.get("GLIBC_TUNABLES", "")
+  on = (is_glibc() and thp_mode() not in ("never", "") and TUNABLE in tunables
+        and f"{TUNABLE}=0" not in tunables)
   return "hugepages" if on else "system"
 
 
