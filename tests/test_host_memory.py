@@ -70,6 +70,17 @@ def test_thp_mode_reads_the_bracketed_setting(tmp_path):
   assert host_memory.thp_mode(str(tmp_path / "missing")) == ""
 
 
+@pytest.mark.skipif(not host_memory.is_glibc(), reason="glibc only")
+def test_no_restart_when_the_kernel_has_huge_pages_off(monkeypatch):
+  monkeypatch.setenv(host_memory.ENV_VAR, "hugepages")
+  monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+  monkeypatch.setattr(host_memory, "thp_mode", lambda: "never")
+  assert host_memory.why_no_hugepages() == "transparent huge pages are off"
+  assert host_memory.reexec_with_hugepages() == "system (transparent huge pages are off)"
+  monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
+  assert host_memory.current_mode() == "system"
+
+
 def test_unknown_mode_is_a_config_error(monkeypatch):
   monkeypatch.setenv(host_memory.ENV_VAR, "jemalloc")
   with pytest.raises(ConfigError, match="TSGEN_MALLOC='jemalloc'.*system"):
@@ -83,6 +94,7 @@ def test_unknown_mode_is_a_config_error(monkeypatch):
 
 def test_current_mode_reads_the_tunable(monkeypatch):
   on = host_memory.is_glibc() and host_memory.thp_mode() not in ("never", "")
+  assert bool(host_memory.why_no_hugepages()) != on
   monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1")
   assert host_memory.current_mode() == ("hugepages" if on else "system")
   for tunables in ("glibc.malloc.hugetlb=0", "glibc.malloc.arena_max=2", ""):

@@ -54,6 +54,15 @@ def thp_mode(path: str = THP_SETTING) -> str:
   return text[text.find("[") + 1:text.find("]")] if "[" in text else ""
 
 
+def why_no_hugepages() -> str:
+  """'' if glibc can back malloc with transparent huge pages here, else the reason it cannot."""
+  if not is_glibc():
+    return "not glibc"
+  if thp_mode() in ("never", ""):
+    return "transparent huge pages are off"
+  return ""
+
+
 def mode_from_env() -> str:
   """The ``TSGEN_MALLOC`` mode: 'system' (default) or 'hugepages'.
 
@@ -87,10 +96,9 @@ def reexec_with_hugepages() -> str:
   """
   if mode_from_env() == "system":
     return "system"
-  if not is_glibc():
-    return "system (not glibc)"
-  if thp_mode() in ("never", ""):
-    return "system (transparent huge pages are off)"
+  why_not = why_no_hugepages()
+  if why_not:
+    return f"system ({why_not})"
   env = hugepage_env(os.environ)
   if env is None:
     return "hugepages"
@@ -103,8 +111,8 @@ def reexec_with_hugepages() -> str:
 def current_mode() -> str:
   """'hugepages' if this process started with huge-page malloc in effect, else 'system'."""
   tunables = os.environ.get("GLIBC_TUNABLES", "")
-  on = (is_glibc() and thp_mode() not in ("never", "") and TUNABLE in tunables
-        and f"{TUNABLE}=0" not in tunables)
+  on = (TUNABLE in tunables and f"{TUNABLE}=0" not in tunables
+        and not why_no_hugepages())
   return "hugepages" if on else "system"
 
 
