@@ -11,6 +11,7 @@ from tsgen_jax.models import conv as conv_lib
 from tsgen_jax.models.vqvae import VQVAE
 
 NHWC = ("NHWC", "HWIO", "NHWC")
+NCHW = ("NCHW", "OIHW", "NCHW")
 
 
 def _conv_fn(fn, strides, padding, dn=NHWC):
@@ -32,7 +33,10 @@ def test_gradients_equal_autodiff(batch, kernel, strides, padding):
   np.testing.assert_array_equal(new(x, w), ref(x, w))
   g_ref = jax.jit(lambda x, w, c: jax.vjp(ref, x, w)[1](c))(x, w, cot)
   g_new = jax.jit(lambda x, w, c: jax.vjp(new, x, w)[1](c))(x, w, cot)
-  np.testing.assert_array_equal(g_new[0], g_ref[0])  # lhs gradient: XLA's own
+  # lhs gradient: XLA's own for stride 1, by phases (strided_conv_input_grad) for stride 2.
+  np.testing.assert_allclose(g_new[0], g_ref[0], rtol=1e-5, atol=1e-5 * np.abs(g_ref[0]).max())
+  if strides == (1, 1):
+    np.testing.assert_array_equal(g_new[0], g_ref[0])
   np.testing.assert_allclose(g_new[1], g_ref[1], rtol=1e-5, atol=1e-5 * np.abs(g_ref[1]).max())
   # And against an independent float64 numpy sum of per-sample weight gradients.
   one = lambda xi, ci: jax.vjp(lambda w_: ref(xi[None], w_), w)[1](ci[None])[0]
@@ -46,9 +50,8 @@ def test_batch_axis_from_dimension_numbers():
   kx, kw = jax.random.split(jax.random.key(1))
   x = jax.random.normal(kx, (40, 3, 5, 8))
   w = jax.random.normal(kw, (4, 3, 3, 3))
-  dn = ("NCHW", "OIHW", "NCHW")
-  ref = _conv_fn(lax.conv_general_dilated, (1, 1), ((1, 1), (1, 1)), dn)
-  new = _conv_fn(conv_lib.chunked_wgrad_conv(10), (1, 1), ((1, 1), (1, 1)), dn)
+  ref = _conv_fn(lax.conv_general_dilated, (1, 1), ((1, 1), (1, 1)), NCHW)
+  new = _conv_fn(conv_lib.chunked_wgrad_conv(10), (1, 1), ((1, 1), (1, 1)), NCHW)
   g_ref = jax.grad(lambda w_: jnp.sum(jnp.sin(ref(x, w_))))(w)
   g_new = jax.grad(lambda w_: jnp.sum(jnp.sin(new(x, w_))))(w)
   np.testing.assert_allclose(g_new, g_ref, rtol=1e-5, atol=1e-5 * np.abs(g_ref).max())
@@ -105,3 +108,59 @@ def test_vqvae_gradients_and_variables_unchanged():
   assert len(flat0) == len(flat1) > 10
   for a, b in zip(flat0, flat1):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * max(float(jnp.abs(a).max()), 1e-3))
+
+
+@pytest.mark.parametrize("shape,kernel,strides,padding,dn", [
+    ((3, 5, 32, 4), (3, 4), (1, 2), ((1, 1), (1, 1)), NHWC),  # the encoder's downsampling conv
+    ((3, 5, 33, 4), (3, 4), (1, 2), ((1, 1), (1, 1)), NHWC),  # odd length: last frame unread
+    ((3, 7, 17, 4), (3, 3), (2, 2), ((1, 1), (1, 1)), NHWC),
+    ((3, 7, 17, 4), (3, 5), (2, 3), ((0, 2), (2, 0)), NHWC),  # uneven padding
+    ((3, 7, 18, 4), (2, 4), (3, 2), ((0, 0), (3, 1)), NHWC),
+    ((3, 7, 17, 4), (1, 2), (1, 3), ((0, 0), (0, 0)), NHWC),  # kernel < stride: zeros
+    ((3, 5, 33, 4), (3, 4), (1, 2), ((1, 1), (1, 1)), NCHW),
+    ((3, 7, 17, 4), (3, 5), (2, 3), ((0, 2), (2, 0)), NCHW),
+    ((3, 7, 17, 4), (1, 2), (1, 3), ((0, 0), (0, 0)), NCHW),
+])
+def test_strided_input_grad_equals_autodiff(shape, kernel, strides, padding, dn):
+  """(B, H, W, C) shape; NCHW cases use the same sizes in their own layout."""
+  kx, kw, kg = jax.random.split(jax.random.key(2), 3)
+  b, h, w_, c = shape
+  x = jax.random.normal(kx, shape if dn == NHWC else (b, c, h, w_))
+  w = jax.random.normal(kw, (*kernel, c, 5) if dn == NHWC else (5, c, *kernel))
+  fwd = _conv_fn(lax.conv_general_dilated, strides, padding, dn)
+  g = jax.random.normal(kg, jax.eval_shape(fwd, x, w).shape)
+  spec = lax.conv_dimension_numbers(x.shape, w.shape, dn)
+  got, ref = jax.jit(lambda x, w, g: (  # one compile; eager ops would compile one by one
+      conv_lib.strided_conv_input_grad(g, w, x.shape, strides, padding, spec),
+      jax.vjp(lambda a: fwd(a, w), x)[1](g)[0]))(x, w, g)
+  assert got.shape == x.shape
+  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+  # Independently, in float64 numpy: scatter g through every kernel tap (NHWC, HWIO).
+  x64, w64, g64 = (np.asarray(a, np.float64) for a in (x, w, g))
+  if dn != NHWC:
+    x64, g64, w64 = x64.transpose(0, 2, 3, 1), g64.transpose(0, 2, 3, 1), w64.transpose(2, 3, 1, 0)
+  (ph, _), (pw, _) = padding
+  sh, sw = strides
+  oh, ow = g64.shape[1:3]
+  dx = np.zeros((b, h + 2 * max(kernel) + ph, w_ + 2 * max(kernel) + pw, c))
+  for i in range(kernel[0]):
+    for j in range(kernel[1]):
+      dx[:, i:i + sh * oh:sh, j:j + sw * ow:sw] += np.einsum("bhwo,co->bhwc", g64, w64[i, j])
+  dx = dx[:, ph:ph + h, pw:pw + w_]
+  np.testing.assert_allclose(got if dn == NHWC else np.asarray(got).transpose(0, 2, 3, 1), dx,
+                             rtol=1e-5, atol=1e-5 * np.abs(dx).max())
+
+
+def test_phase_input_grad_only_where_it_applies():
+  """Strided, explicitly padded, undilated convs take it; others keep autodiff's gradient."""
+  assert conv_lib.phase_grad_applies((1, 2), ((1, 1), (1, 1)))
+  assert not conv_lib.phase_grad_applies((1, 1), ((1, 1), (1, 1)))  # no stride: no dilation
+  assert not conv_lib.phase_grad_applies((1, 2), "SAME")
+  assert not conv_lib.phase_grad_applies((1, 2), ((1, 1), (1, 1)), rhs_dilation=(1, 2))
+  assert not conv_lib.phase_grad_applies((1, 2), ((1, 1), (1, 1)), feature_group_count=2)
+  fn = conv_lib.chunked_wgrad_conv(4)
+  x, w = jnp.ones((16, 5, 8, 2)), jnp.ones((3, 4, 2, 3))
+  grad = lambda f: str(jax.make_jaxpr(jax.grad(  # noqa: E731
+      lambda a: jnp.sum(f(a, w, (1, 2), ((1, 1), (1, 1)), dimension_numbers=NHWC))))(x))
+  assert "lhs_dilation=(1, 2)" not in grad(fn)
+  assert "lhs_dilation=(1, 2)" in grad(conv_lib.chunked_wgrad_conv(4, phase_input_grad=False))

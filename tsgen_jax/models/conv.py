@@ -7,7 +7,13 @@ rows (independent weight gradients, then added) keeps each chunk's operands in c
 the two cores independent work: measured on the 2-core CPU, B = 128, the (3, 4) stride-2
 encoder conv's forward + backward 46 -> 29 ms and the decoder's (3, 2) conv at W = 33
 70 -> 40 ms; whole stage-1 steps -8 to -10 % (BENCHMARKS.md). At B = 32 it was 3 % slower,
-hence the minimum of four chunks. The input gradient and the forward pass are XLA's own.
+hence the minimum of four chunks. The forward pass is XLA's own.
+
+The input gradient of a strided convolution is, in XLA, a convolution over the output gradient
+dilated with zeros (``lhs_dilation``), which XLA:CPU runs through a slower generic kernel. Inside
+the same custom VJP it is computed instead as one stride-1 convolution per output phase (for
+stride 2 along time: even and odd input frames, each from half the kernel's taps), interleaved:
+:func:`strided_conv_input_grad`, the same sums without the zeros.
 
 :func:`chunked_wgrad_conv` returns a drop-in for ``lax.conv_general_dilated`` that flax's
 ``nn.Conv(conv_general_dilated=...)`` accepts; parameters and their names are unchanged.
@@ -18,6 +24,7 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 from jax import lax
 
 MIN_CHUNKS = 4
@@ -38,20 +45,24 @@ def resolve_rows(rows: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def chunked_wgrad_conv(rows: int):
+def chunked_wgrad_conv(rows: int, phase_input_grad: bool = True):
   """A ``lax.conv_general_dilated`` whose rhs (kernel) gradient is summed over batch chunks.
 
   Args:
     rows: batch rows per chunk; 0 turns the chunking off. It is also off for a batch of fewer
       than ``MIN_CHUNKS * rows`` rows and for ``batch_group_count != 1``.
+    phase_input_grad: compute a strided convolution's lhs gradient with
+      :func:`strided_conv_input_grad` (the default) instead of autodiff's lhs-dilated
+      convolution; used only with the chunking and where that function applies.
 
   Returns:
     f(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
     dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
     preferred_element_type=None) with ``lax.conv_general_dilated``'s signature and forward
-    result. Its VJP gives the lhs gradient as autodiff does and the rhs gradient as the sum
-    over consecutive batch slices of ``rows`` rows (the last may be shorter) of the slices'
-    rhs gradients: the same sum in another order (float32 results agree to ~1e-6 relative).
+    result. Its VJP gives the lhs gradient as autodiff does (or by phases, see above) and the
+    rhs gradient as the sum over consecutive batch slices of ``rows`` rows (the last may be
+    shorter) of the slices' rhs gradients: the same sums in another order (float32 results
+    agree to ~1e-6 relative).
   """
 
   def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -69,6 +80,9 @@ def chunked_wgrad_conv(rows: int):
     if rows <= 0 or batch_group_count != 1 or n < MIN_CHUNKS * rows:
       return plain(lhs, rhs)
 
+    by_phase = phase_input_grad and phase_grad_applies(
+        window_strides, padding, lhs_dilation, rhs_dilation, feature_group_count)
+
     @jax.custom_vjp
     def f(lhs, rhs):
       return plain(lhs, rhs)
@@ -78,8 +92,11 @@ def chunked_wgrad_conv(rows: int):
 
     def f_bwd(res, g):
       lhs, rhs = res
-      _, vjp_lhs = jax.vjp(lambda a: plain(a, rhs), lhs)
-      (g_lhs,) = vjp_lhs(g)
+      if by_phase:
+        g_lhs = strided_conv_input_grad(g, rhs, lhs.shape, window_strides, padding, dn)
+      else:
+        _, vjp_lhs = jax.vjp(lambda a: plain(a, rhs), lhs)
+        (g_lhs,) = vjp_lhs(g)
       g_rhs = None
       for start in range(0, n, rows):
         stop = min(start + rows, n)
@@ -94,3 +111,84 @@ def chunked_wgrad_conv(rows: int):
     return f(lhs, rhs)
 
   return conv
+
+
+def phase_grad_applies(window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                       feature_group_count: int = 1) -> bool:
+  """Whether :func:`strided_conv_input_grad` covers a convolution with these arguments: some
+  stride above 1, explicit (lo, hi) padding, no dilation and no feature groups."""
+  return (not isinstance(padding, str) and any(s > 1 for s in window_strides)
+          and all(d == 1 for d in (lhs_dilation or ()))
+          and all(d == 1 for d in (rhs_dilation or ())) and feature_group_count == 1)
+
+
+def strided_conv_input_grad(g, rhs, lhs_shape, window_strides, padding, dn):
+  """The lhs gradient of ``lax.conv_general_dilated(lhs, rhs, window_strides, padding)``
+  without a dilated convolution.
+
+  Along a spatial axis with stride s, padding (pl, pr) and kernel size K the forward pass is
+  y[o] = sum_k x[s o + k - pl] w[k], so input position t = s m + p (phase p in [0, s)) gets
+  gradient from the taps k = r, r + s, ... with r = (p + pl) mod s only:
+  dx[s m + p] = sum_j g[m + c - j] w[s j + r], c = (p + pl - r) / s. That is a stride-1
+  correlation of g with those taps reversed. There is one such convolution per combination
+  of phases over the spatial axes (prod(strides) of them, each from 1/prod(strides) of the
+  kernel, with the in/out features of ``rhs`` swapped); their outputs are interleaved and cut
+  to the input's length. A phase no tap reaches (K < s) gets zeros.
+
+  Args:
+    g: the output's cotangent, laid out as ``dn.out_spec``.
+    rhs: the kernel, laid out as ``dn.rhs_spec``.
+    lhs_shape: the input's shape (``dn.lhs_spec``).
+    window_strides, padding: the forward convolution's (one (lo, hi) pair per spatial axis).
+    dn: ``lax.ConvDimensionNumbers`` of the forward convolution.
+
+  Returns:
+    The input's cotangent, shape ``lhs_shape``, equal to autodiff's up to float rounding.
+  """
+  nsp = len(window_strides)
+  lhs_sp, out_sp, rhs_sp = dn.lhs_spec[2:], dn.out_spec[2:], dn.rhs_spec[2:]
+  n_in = [lhs_shape[a] for a in lhs_sp]
+  n_out = [g.shape[a] for a in out_sp]
+  n_phase = [-(-n // s) for n, s in zip(n_in, window_strides)]  # positions per phase
+  # g plays the lhs, the kernel with in/out swapped the rhs, the input's layout the output.
+  grad_dn = lax.ConvDimensionNumbers(dn.out_spec, (dn.rhs_spec[1], dn.rhs_spec[0], *rhs_sp),
+                                     dn.lhs_spec)
+  phase_shape = list(lhs_shape)
+  for a, n in zip(lhs_sp, n_phase):
+    phase_shape[a] = n
+
+  def one_phase(phase):
+    w, pads = rhs, []
+    for i, p in enumerate(phase):
+      s, pl, k = window_strides[i], padding[i][0], rhs.shape[rhs_sp[i]]
+      r = (p + pl) % s
+      taps = len(range(r, k, s))
+      if taps == 0:
+        return jnp.zeros(phase_shape, g.dtype)
+      c = (p + pl - r) // s
+      w = lax.rev(lax.slice_in_dim(w, r, r + s * (taps - 1) + 1, s, axis=rhs_sp[i]),
+                  (rhs_sp[i],))
+      lo = taps - 1 - c
+      pads.append((lo, n_phase[i] - n_out[i] - lo + taps - 1))
+    crop = [(0, 0, 0)] * g.ndim  # negative padding: cut g where the phase reads less of it
+    for a, (lo, hi) in zip(out_sp, pads):
+      crop[a] = (min(lo, 0), min(hi, 0), 0)
+    gi = lax.pad(g, jnp.zeros((), g.dtype), crop) if any(c[:2] != (0, 0) for c in crop) else g
+    return lax.conv_general_dilated(gi, w, (1,) * nsp,
+                                    [(max(lo, 0), max(hi, 0)) for lo, hi in pads],
+                                    dimension_numbers=grad_dn)
+
+  def interleave(prefix):
+    i = len(prefix)
+    if i == nsp:
+      return one_phase(prefix)
+    parts = [interleave(prefix + (p,)) for p in range(window_strides[i])]
+    if len(parts) == 1:
+      return parts[0]
+    ax = lhs_sp[i]
+    shape = list(parts[0].shape)
+    shape[ax] *= len(parts)
+    out = jnp.stack(parts, axis=ax + 1).reshape(shape)
+    return lax.slice_in_dim(out, 0, n_in[i], axis=ax)
+
+  return interleave(())

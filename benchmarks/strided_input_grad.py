@@ -1,0 +1,97 @@
+"""The strided convolutions' input gradient two ways, built in one process and timed in
+alternating rounds: XLA's lhs-dilated convolution (autodiff) against one stride-1
+convolution per phase (``models/conv.strided_conv_input_grad``, the default inside the
+chunked-weight-gradient convolution).
+
+  python -m benchmarks.strided_input_grad plain,vibcreg,lfhf 128 30
+  # stage-1 variants, batch, timed rounds (L = 128; one call per form per round)
+
+Prints, per variant, the median / min whole-step time of each form, then the same for the
+encoder's two stride-2 input gradients in isolation (benchmarks/NOTES.md quotes the output).
+"""
+import sys
+import time
+from unittest import mock
+
+import jax
+import numpy as np
+from jax import lax
+
+from benchmarks import common, stage1_bench
+from tsgen_jax import host_memory
+from tsgen_jax.models import conv as conv_lib
+from tsgen_jax.models import vqvae as vqvae_lib
+
+FORMS = {"xla": False, "phase": True}
+
+
+def _alternate(calls: dict, rounds: int) -> dict:
+  """{name: () -> None} -> {name: [seconds per call]}, one call per name per round."""
+  times = {k: [] for k in calls}
+  for _ in range(rounds):
+    for k, call in calls.items():
+      t = time.perf_counter()
+      call()
+      times[k].append(time.perf_counter() - t)
+  return times
+
+
+def _print(label: str, times: dict):
+  for k, t in times.items():
+    print(f"{label} {k}: median {1000 * np.median(t):.2f} ms (min {1000 * min(t):.2f}, "
+          f"{len(t)} calls)", flush=True)
+
+
+def steps(variant: str, batch: int, rounds: int) -> dict:
+  """Whole stage-1 steps of ``variant`` with each form; {form: [seconds per step]}."""
+  runs = {}
+  for form, by_phase in FORMS.items():
+    conv = lambda rows, p=by_phase: conv_lib.chunked_wgrad_conv(rows, p)  # noqa: E731
+    with mock.patch.object(vqvae_lib, "chunked_wgrad_conv", conv):
+      jitted, state, (b, rng) = stage1_bench.build(variant, batch)
+      compiled, _, _, _ = common.compile_fn(jitted, state, b, rng)
+    state, _ = compiled(state, b, rng)  # warm-up
+    jax.block_until_ready(state)
+    runs[form] = [compiled, state, b, rng]
+
+  def call(r):
+    r[1], _ = r[0](r[1], r[2], r[3])
+    jax.block_until_ready(r[1])
+
+  return _alternate({k: (lambda r=r: call(r)) for k, r in runs.items()}, rounds)
+
+
+def encoder_grads(batch: int, rounds: int) -> dict:
+  """The (3, 4) stride-(1, 2) encoder convs' input gradient alone, at the input widths of
+  the L = 128 encoder (32 and 16 frames, 64 channels); {'W=.. form': [seconds]}."""
+  dn_names = ("NHWC", "HWIO", "NHWC")
+  strides, padding = (1, 2), ((1, 1), (1, 1))
+  calls = {}
+  for width in (32, 16):
+    x = jax.random.normal(jax.random.key(0), (batch, 5, width, 64))
+    w = jax.random.normal(jax.random.key(1), (3, 4, 64, 64))
+    fwd = lambda a, w: lax.conv_general_dilated(a, w, strides, padding,  # noqa: E731
+                                                dimension_numbers=dn_names)
+    g = fwd(x, w)
+    dn = lax.conv_dimension_numbers(x.shape, w.shape, dn_names)
+    xla = jax.jit(lambda g, w, x=x: jax.vjp(lambda a: fwd(a, w), x)[1](g)[0])
+    phase = jax.jit(lambda g, w, s=x.shape, dn=dn: conv_lib.strided_conv_input_grad(
+        g, w, s, strides, padding, dn))
+    for form, fn in (("xla", xla), ("phase", phase)):
+      jax.block_until_ready(fn(g, w))
+      calls[f"W={width} {form}"] = lambda fn=fn, g=g, w=w: jax.block_until_ready(fn(g, w))
+  return _alternate(calls, rounds)
+
+
+if __name__ == "__main__":
+  host_memory.start()  # TSGEN_MALLOC=hugepages: restart once with huge-page malloc
+  if len(sys.argv) != 4:
+    sys.exit(__doc__)
+  variants, batch, rounds = sys.argv[1].split(","), int(sys.argv[2]), int(sys.argv[3])
+  for v in variants:
+    if v not in stage1_bench.VARIANTS:
+      sys.exit(f"benchmarks.strided_input_grad: unknown variant {v!r}; "
+               f"one of {', '.join(stage1_bench.VARIANTS)}")
+  for v in variants:
+    _print(f"{v} L=128 B={batch} step", steps(v, batch, rounds))
+  _print(f"encoder input gradient B={batch}", encoder_grads(batch, rounds))
