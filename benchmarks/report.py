@@ -6,6 +6,7 @@ can be regenerated after every run.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import sys
@@ -46,6 +47,35 @@ def verdicts(rows) -> str:
   return "\n".join(out)
 
 
+def other_machine(path: str, data: dict) -> str:
+  """A short section for one results file from another machine (benchmarks/machines/*.json,
+  the same format as results.json): where it ran, its matmul and memory figures, and its
+  target rows with their verdicts."""
+  info, rows = data["machine"], data["rows"]
+  by = {r["name"]: r for r in rows}
+  peak = by.get("matmul_f32_2048", {}).get("gflops_per_s")
+  stream = by.get("stream_f32_512mb", {}).get("gb_per_s")
+  head = [
+      f"### {info.get('cpu', '?')}, {info.get('cpu_count', '?')} cores "
+      f"(`{os.path.relpath(path, ROOT)}`)",
+      "",
+      f"Commit `{info.get('commit', '?')}`"
+      + (" (plus uncommitted changes)" if info.get("uncommitted_changes", True) else "")
+      + (f", 2048^3 float32 matmul {peak:.0f} GFLOP/s" if peak else "")
+      + (f", stream in place {stream:.1f} GB/s" if stream else "")
+      + f", host malloc `{info.get('host_malloc', '?')}`, load average at start / end "
+      f"{_loads(info.get('loadavg_start'))} / {_loads(info.get('loadavg_end'))}.",
+      "",
+  ]
+  if info.get("note"):
+    head += [f"Note: {info['note']}", ""]
+  return "\n".join(head + [verdicts(rows)])
+
+
+def _loads(v) -> str:
+  return "?" if not v else ", ".join(f"{x:.2f}" for x in v)
+
+
 def _bandwidth_line(r: dict) -> str:
   if r["name"].endswith("_new_output"):
     return (f"- The same stream into freshly allocated memory: {r['gb_per_s']:.1f} GB/s "
@@ -55,9 +85,10 @@ def _bandwidth_line(r: dict) -> str:
           "y = 2x + 1 in place over a float32 vector, one read and one write per element)")
 
 
-def render(data: dict, notes: str = "") -> str:
-  """BENCHMARKS.md's text from a results.json object ({"machine": {...}, "rows": [...]}) and
-  the free-text notes appended at the end."""
+def render(data: dict, notes: str = "", others=()) -> str:
+  """BENCHMARKS.md's text from a results.json object ({"machine": {...}, "rows": [...]}),
+  results from other machines (``others``: (path, object) pairs, each shown by
+  :func:`other_machine`) and the free-text notes appended at the end."""
   info, rows = data["machine"], data["rows"]
   timed = [r for r in rows if "skipped" not in r]
   skipped = [r for r in rows if "skipped" in r]
@@ -99,7 +130,14 @@ def render(data: dict, notes: str = "") -> str:
     md += ["`*` rows come from separate runs: " + "; ".join(earlier) + ".", ""]
   if skipped:
     md += ["Skipped:", ""] + [f"- {r['name']}: {r['skipped']}" for r in skipped] + [""]
-  md += ["## Targets", "", verdicts(rows), "", "## Reference", "", REFERENCE, ""]
+  md += ["## Targets", "", verdicts(rows), ""]
+  if others:
+    md += ["## Other machines", "",
+           "The same suite (`python -m benchmarks.run --out benchmarks/machines/NAME.json`) "
+           "on other machines; target rows only (the full rows are in each file).", ""]
+    for path, other in others:
+      md += [other_machine(path, other), ""]
+  md += ["## Reference", "", REFERENCE, ""]
   if notes:
     md += [notes]
   return "\n".join(md) + "\n"
@@ -110,7 +148,9 @@ def main(argv=None):
   data = json.load(open(path))
   notes_path = os.path.join(HERE, "NOTES.md")
   notes = open(notes_path).read() if os.path.exists(notes_path) else ""
-  text = render(data, notes)
+  others = [(p, json.load(open(p)))
+            for p in sorted(glob.glob(os.path.join(HERE, "machines", "*.json")))]
+  text = render(data, notes, others)
   with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as f:
     f.write(text)
   print(text, end="")

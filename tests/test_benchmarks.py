@@ -93,6 +93,23 @@ def test_render_commit_line_bandwidth_starred_and_skipped_rows():
     assert "`abc1234` (plus uncommitted changes to the code)" in report.render(_results(**machine))
 
 
+def test_render_other_machines_section():
+  other = _results(cpu="Other CPU", commit="def5678", uncommitted_changes=False,
+                   host_malloc="system", loadavg_start=[1.0, 0.5, 0.25],
+                   loadavg_end=[2.0, 1.5, 1.25], note="a second machine")
+  path = str(report.ROOT) + "/benchmarks/machines/other.json"
+  text = report.render(_results(uncommitted_changes=False), others=[(path, other)])
+  section = text.split("## Other machines", 1)[1].split("## Reference", 1)[0]
+  assert "### Other CPU, 2 cores (`benchmarks/machines/other.json`)" in section
+  assert ("Commit `def5678`, 2048^3 float32 matmul 286 GFLOP/s, stream in place 44.7 GB/s, "
+          "host malloc `system`, load average at start / end 1.00, 0.50, 0.25 / "
+          "2.00, 1.50, 1.25.") in section
+  assert "Note: a second machine" in section
+  assert "- stage1_plain_b128: target <= 110 ms: **not met** (median 200 ms" in section
+  assert "- stage2_train_b256: not measured in this run" in section
+  assert "## Other machines" not in report.render(_results())  # no files, no section
+
+
 def test_only_selection():
   assert run.select(None) is None
   assert run.select("stage1_plain_b128, sample_256_t10_s1") == {"stage1_plain_b128",
