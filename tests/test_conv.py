@@ -164,3 +164,6 @@ def test_phase_input_grad_only_where_it_applies():
       lambda a: jnp.sum(f(a, w, (1, 2), ((1, 1), (1, 1)), dimension_numbers=NHWC))))(x))
   assert "lhs_dilation=(1, 2)" not in grad(fn)
   assert "lhs_dilation=(1, 2)" in grad(conv_lib.chunked_wgrad_conv(4, phase_input_grad=False))
+  # A requested output dtype (e.g. float32 from bfloat16 operands) keeps autodiff's gradient.
+  mixed = lambda *a, **k: fn(*a, **k, preferred_element_type=jnp.float32)  # noqa: E731
+  assert "lhs_dilation=(1, 2)" in grad(mixed)

@@ -10,10 +10,11 @@ encoder conv's forward + backward 46 -> 29 ms and the decoder's (3, 2) conv at W
 hence the minimum of four chunks. The forward pass is XLA's own.
 
 The input gradient of a strided convolution is, in XLA, a convolution over the output gradient
-dilated with zeros (``lhs_dilation``), which XLA:CPU runs through a slower generic kernel. Inside
+dilated with zeros (``lhs_dilation``), which XLA:CPU runs in a generic kernel, not YNNPACK. Inside
 the same custom VJP it is computed instead as one stride-1 convolution per output phase (for
 stride 2 along time: even and odd input frames, each from half the kernel's taps), interleaved:
-:func:`strided_conv_input_grad`, the same sums without the zeros.
+:func:`strided_conv_input_grad`, the same sums without the zeros (stage-1 steps 0-10 % faster
+in alternated A/Bs, item 9 of benchmarks/NOTES.md).
 
 :func:`chunked_wgrad_conv` returns a drop-in for ``lax.conv_general_dilated`` that flax's
 ``nn.Conv(conv_general_dilated=...)`` accepts; parameters and their names are unchanged.
@@ -80,8 +81,9 @@ def chunked_wgrad_conv(rows: int, phase_input_grad: bool = True):
     if rows <= 0 or batch_group_count != 1 or n < MIN_CHUNKS * rows:
       return plain(lhs, rhs)
 
-    by_phase = phase_input_grad and phase_grad_applies(
-        window_strides, padding, lhs_dilation, rhs_dilation, feature_group_count)
+    by_phase = (phase_input_grad and preferred_element_type is None
+                and phase_grad_applies(window_strides, padding, lhs_dilation, rhs_dilation,
+                                       feature_group_count))
 
     @jax.custom_vjp
     def f(lhs, rhs):
@@ -93,7 +95,8 @@ def chunked_wgrad_conv(rows: int, phase_input_grad: bool = True):
     def f_bwd(res, g):
       lhs, rhs = res
       if by_phase:
-        g_lhs = strided_conv_input_grad(g, rhs, lhs.shape, window_strides, padding, dn)
+        g_lhs = strided_conv_input_grad(g, rhs, lhs.shape, window_strides, padding, dn,
+                                        precision)
       else:
         _, vjp_lhs = jax.vjp(lambda a: plain(a, rhs), lhs)
         (g_lhs,) = vjp_lhs(g)
@@ -122,7 +125,7 @@ def phase_grad_applies(window_strides, padding, lhs_dilation=None, rhs_dilation=
           and all(d == 1 for d in (rhs_dilation or ())) and feature_group_count == 1)
 
 
-def strided_conv_input_grad(g, rhs, lhs_shape, window_strides, padding, dn):
+def strided_conv_input_grad(g, rhs, lhs_shape, window_strides, padding, dn, precision=None):
   """The lhs gradient of ``lax.conv_general_dilated(lhs, rhs, window_strides, padding)``
   without a dilated convolution.
 
@@ -141,6 +144,7 @@ def strided_conv_input_grad(g, rhs, lhs_shape, window_strides, padding, dn):
     lhs_shape: the input's shape (``dn.lhs_spec``).
     window_strides, padding: the forward convolution's (one (lo, hi) pair per spatial axis).
     dn: ``lax.ConvDimensionNumbers`` of the forward convolution.
+    precision: passed to the phases' convolutions.
 
   Returns:
     The input's cotangent, shape ``lhs_shape``, equal to autodiff's up to float rounding.
@@ -173,10 +177,11 @@ def strided_conv_input_grad(g, rhs, lhs_shape, window_strides, padding, dn):
     crop = [(0, 0, 0)] * g.ndim  # negative padding: cut g where the phase reads less of it
     for a, (lo, hi) in zip(out_sp, pads):
       crop[a] = (min(lo, 0), min(hi, 0), 0)
-    gi = lax.pad(g, jnp.zeros((), g.dtype), crop) if any(c[:2] != (0, 0) for c in crop) else g
+    cut = any(pad[:2] != (0, 0) for pad in crop)
+    gi = lax.pad(g, jnp.zeros((), g.dtype), crop) if cut else g
     return lax.conv_general_dilated(gi, w, (1,) * nsp,
                                     [(max(lo, 0), max(hi, 0)) for lo, hi in pads],
-                                    dimension_numbers=grad_dn)
+                                    dimension_numbers=grad_dn, precision=precision)
 
   def interleave(prefix):
     i = len(prefix)
