@@ -79,16 +79,35 @@ def row(name: str, times_ms, flops=None, compile_s=None, mem=None, peak_gflops=N
   return r
 
 
-def bench_stateful(name, jitted, state, args, iters=DEFAULT_ITERS, peak_gflops=None, **extra):
-  """Times a donated-state step ``state, out = f(state, *args)``; returns a row."""
-  compiled, compile_s, flops, mem = compile_fn(jitted, state, *args)
+def alternate_calls(calls: dict, rounds: int) -> dict:
+  """{name: call()} (each call must block) -> {name: [seconds per call]}: one call of each,
+  in order, per round, so that every call sees the same machine load (an A/B in one
+  process)."""
+  times = {k: [] for k in calls}
+  for _ in range(rounds):
+    for k, call in calls.items():
+      t = time.perf_counter()
+      call()
+      times[k].append(time.perf_counter() - t)
+  return times
+
+
+def stateful_call(compiled, state, *args):
+  """A blocking ``call()`` that runs the donated-state step ``state, out = compiled(state,
+  *args)`` once, keeping the new state for the next call."""
   holder = [state]
 
   def call():
     holder[0], out = compiled(holder[0], *args)
     jax.block_until_ready((holder[0], out))
 
-  times = time_calls(call, iters)
+  return call
+
+
+def bench_stateful(name, jitted, state, args, iters=DEFAULT_ITERS, peak_gflops=None, **extra):
+  """Times a donated-state step ``state, out = f(state, *args)``; returns a row."""
+  compiled, compile_s, flops, mem = compile_fn(jitted, state, *args)
+  times = time_calls(stateful_call(compiled, state, *args), iters)
   return row(name, times, flops, compile_s, mem, peak_gflops, **extra)
 
 

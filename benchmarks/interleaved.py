@@ -8,9 +8,7 @@ Prints one line per value (benchmarks/NOTES.md quotes its output). ``compare`` i
 library form; ``benchmarks.wgrad_slices`` uses it for ``stage1.conv_wgrad_chunk``.
 """
 import sys
-import time
 
-import jax
 import numpy as np
 
 from benchmarks import common, stage1_bench
@@ -34,20 +32,16 @@ def compare(variant: str, length: int, batch: int, field: str, values: list,
     study.apply_override(cfg, f"{field}={value}")
     jitted, state, (b, rng) = stage1_bench.build_from_config(cfg)
     compiled, compile_s, _, _ = common.compile_fn(jitted, state, b, rng)
-    state, _ = compiled(state, b, rng)  # warm-up
-    jax.block_until_ready(state)
-    runs[value] = [compiled, state, (b, rng), [], compile_s]
-  for _ in range(rounds):
-    for r in runs.values():
-      t = time.perf_counter()
-      r[1], _ = r[0](r[1], *r[2])
-      jax.block_until_ready(r[1])
-      r[3].append(time.perf_counter() - t)
-  for value, r in runs.items():
-    print(f"{variant} L={length} B={batch} {field}={value}: compile {r[4]:.1f}s step median "
-          f"{1000 * np.median(r[3]):.0f} ms (min {1000 * min(r[3]):.0f}, {len(r[3])} calls)",
+    call = common.stateful_call(compiled, state, b, rng)
+    call()  # warm-up
+    runs[value] = (call, compile_s)
+  times = common.alternate_calls({v: call for v, (call, _) in runs.items()}, rounds)
+  for value, (_, compile_s) in runs.items():
+    t = times[value]
+    print(f"{variant} L={length} B={batch} {field}={value}: compile {compile_s:.1f}s step "
+          f"median {1000 * np.median(t):.0f} ms (min {1000 * min(t):.0f}, {len(t)} calls)",
           flush=True)
-  return {value: (r[4], r[3]) for value, r in runs.items()}
+  return {value: (compile_s, times[value]) for value, (_, compile_s) in runs.items()}
 
 
 if __name__ == "__main__":

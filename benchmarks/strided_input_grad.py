@@ -10,7 +10,6 @@ Prints, per variant, the median / min whole-step time of each form, then the sam
 encoder's two stride-2 input gradients in isolation (benchmarks/NOTES.md quotes the output).
 """
 import sys
-import time
 from unittest import mock
 
 import jax
@@ -23,17 +22,6 @@ from tsgen_jax.models import conv as conv_lib
 from tsgen_jax.models import vqvae as vqvae_lib
 
 FORMS = {"xla": False, "phase": True}
-
-
-def _alternate(calls: dict, rounds: int) -> dict:
-  """{name: () -> None} -> {name: [seconds per call]}, one call per name per round."""
-  times = {k: [] for k in calls}
-  for _ in range(rounds):
-    for k, call in calls.items():
-      t = time.perf_counter()
-      call()
-      times[k].append(time.perf_counter() - t)
-  return times
 
 
 def _print(label: str, times: dict):
@@ -50,15 +38,9 @@ def steps(variant: str, batch: int, rounds: int) -> dict:
     with mock.patch.object(vqvae_lib, "chunked_wgrad_conv", conv):
       jitted, state, (b, rng) = stage1_bench.build(variant, batch)
       compiled, _, _, _ = common.compile_fn(jitted, state, b, rng)
-    state, _ = compiled(state, b, rng)  # warm-up
-    jax.block_until_ready(state)
-    runs[form] = [compiled, state, b, rng]
-
-  def call(r):
-    r[1], _ = r[0](r[1], r[2], r[3])
-    jax.block_until_ready(r[1])
-
-  return _alternate({k: (lambda r=r: call(r)) for k, r in runs.items()}, rounds)
+    runs[form] = common.stateful_call(compiled, state, b, rng)
+    runs[form]()  # warm-up
+  return common.alternate_calls(runs, rounds)
 
 
 def encoder_grads(batch: int, rounds: int) -> dict:
@@ -80,7 +62,7 @@ def encoder_grads(batch: int, rounds: int) -> dict:
     for form, fn in (("xla", xla), ("phase", phase)):
       jax.block_until_ready(fn(g, w))
       calls[f"W={width} {form}"] = lambda fn=fn, g=g, w=w: jax.block_until_ready(fn(g, w))
-  return _alternate(calls, rounds)
+  return common.alternate_calls(calls, rounds)
 
 
 if __name__ == "__main__":

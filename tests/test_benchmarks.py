@@ -27,6 +27,21 @@ def test_time_calls_warms_up_then_times_each_call():
   assert len(calls) == 7 and len(times) == 5 and all(t >= 0 for t in times)
 
 
+def test_alternate_calls_interleaves_rounds_and_stateful_call_carries_state():
+  order = []
+  times = common.alternate_calls({"a": lambda: order.append("a"),
+                                  "b": lambda: order.append("b")}, rounds=3)
+  assert order == ["a", "b"] * 3
+  assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+  assert all(t >= 0 for v in times.values() for t in v)
+  seen = []
+  step = lambda state, inc: (seen.append(state) or state + inc, state)  # noqa: E731
+  call = common.stateful_call(step, 10, 5)
+  call()
+  call()
+  assert seen == [10, 15]  # each call starts from the state the previous one returned
+
+
 def test_reference_rows_use_their_own_units():
   mm = common.matmul_peak(n=64, iters=3)
   assert mm["gflop"] == round(2 * 64 ** 3 / 1e9, 4) and mm["fraction_of_peak"] == 1.0
