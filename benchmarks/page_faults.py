@@ -9,9 +9,7 @@ the count matters).
 """
 import resource
 import sys
-import time
 
-import jax
 import numpy as np
 
 from benchmarks import common, stage1_bench
@@ -23,18 +21,13 @@ def faults_per_step(variant: str, length: int, batch: int, steps: int) -> tuple[
   cfg = stage1_bench.make_config(variant, batch, length)
   jitted, state, (b, rng) = stage1_bench.build_from_config(cfg)
   compiled, _, _, _ = common.compile_fn(jitted, state, b, rng)
-  for _ in range(2):
-    state, _ = compiled(state, b, rng)
-    jax.block_until_ready(state)
-  times = []
+  call = common.stateful_call(compiled, state, b, rng)
+  for _ in range(2):  # warm-up, outside the fault count
+    call()
   before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-  for _ in range(steps):
-    t = time.perf_counter()
-    state, _ = compiled(state, b, rng)
-    jax.block_until_ready(state)
-    times.append(time.perf_counter() - t)
+  times_ms = common.time_calls(call, steps, warmup=0)
   faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-  return float(np.median(times)), faults / steps
+  return float(np.median(times_ms)) / 1e3, faults / steps
 
 
 if __name__ == "__main__":
