@@ -113,7 +113,7 @@ def make_train_step(model: model_lib.Stage1Model, s1_cfg, tx):
     (_, (metrics, new_ms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics["grad_norm"] = optax.tree.norm(grads)
+    metrics["grad_norm"] = ts_lib.global_norm(grads)
     new_state = state.replace(step=state.step + 1, params=params, model_state=new_ms,
                               opt_state=opt_state)
     return new_state, metrics

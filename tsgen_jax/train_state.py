@@ -36,6 +36,21 @@ def make_optimizer(lr: float, weight_decay: float, num_steps: int,
   return optax.adamw(schedule, weight_decay=weight_decay)
 
 
+def global_norm(tree) -> jax.Array:
+  """L2 norm of all leaves of ``tree`` together: a float32 scalar (``optax.tree.norm``).
+
+  Computed behind an optimisation barrier, so that XLA cannot merge its ``g * g`` with the
+  identical ``g ** 2`` of Adam's second moment. Merged, that square has two users (the norm's
+  reduction and Adam's update), and XLA:CPU writes it out as a separate array: one more
+  64 MB write and read per 4096 x 4096 projector kernel in the SSL steps (~15-50 ms per step,
+  benchmarks/NOTES.md item 10). Apart, each reduction reads its gradient once.
+  """
+  leaves = jax.lax.optimization_barrier(jax.tree.leaves(tree))
+  total = sum((jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves),
+              jnp.zeros((), jnp.float32))
+  return jnp.sqrt(total)
+
+
 def create(params, model_state, tx) -> TrainState:
   """A fresh state at step 0."""
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,

@@ -77,15 +77,34 @@ class _SignalFlag:
       signal.signal(sig, old)
 
 
-def compile_step(train_step: Callable, mesh, state):
+def step_compiler_options(mesh) -> dict:
+  """XLA options for a train step on ``mesh``'s devices.
+
+  On CPU: region analysis in copy insertion. The state is donated, so each parameter's
+  update is written over the parameter's own buffer; without the option XLA:CPU cannot prove
+  that this write comes after the parameter's last read in the backward pass, and copies
+  every parameter at the start of the step (55 copies in the SSL steps, two of them 64 MB).
+  With it those copies go. Same results, bit for bit (tests/test_trainer.py); the SSL steps
+  ~5 % faster (benchmarks/NOTES.md item 10). Other platforms: no options.
+  """
+  if mesh.devices.flat[0].platform == "cpu":
+    return {"xla_cpu_copy_insertion_use_region_analysis": True}
+  return {}
+
+
+def compile_step(train_step: Callable, mesh, state, compiler_options: dict | None = None):
   """jit-compiles ``train_step`` with the state donated, the batch on 'data'. The state is
   replicated, or FSDP-sharded over 'model' when the mesh has ``model > 1``
-  (:func:`sharding.state_shardings`)."""
+  (:func:`sharding.state_shardings`). ``compiler_options``: XLA options, by default
+  :func:`step_compiler_options`."""
   rep = sharding.replicated(mesh)
   state_sh = sharding.state_shardings(state, mesh)
   batch_sh = sharding.data_sharding(mesh)
+  if compiler_options is None:
+    compiler_options = step_compiler_options(mesh)
   return jax.jit(train_step, in_shardings=(state_sh, batch_sh, rep),
-                 out_shardings=(state_sh, rep), donate_argnums=(0,))
+                 out_shardings=(state_sh, rep), donate_argnums=(0,),
+                 compiler_options=compiler_options or None)
 
 
 def _nonfinite_terms(metrics: dict[str, float]) -> list[str]:

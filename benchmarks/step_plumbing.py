@@ -1,0 +1,59 @@
+"""The stage-1 step with and without the two changes of benchmarks/NOTES.md item 10, built in
+one process and timed in alternating rounds:
+
+* ``norm``: the metrics' gradient norm as ``train_state.global_norm`` (behind an optimisation
+  barrier) instead of ``optax.tree.norm``;
+* ``copies``: the step compiled with ``trainer.step_compiler_options`` (on CPU, region
+  analysis in copy insertion) instead of no options.
+
+  python -m benchmarks.step_plumbing vibcreg,barlowtwins 128 30
+  # stage-1 variants, batch, timed rounds (L = 128; one call per form per round)
+
+Prints the median / min step time of each form ('before', 'norm', 'copies', 'both') and the
+number of parameter copies in each compiled step.
+"""
+import sys
+from unittest import mock
+
+import numpy as np
+import optax
+
+from benchmarks import common, stage1_bench
+from tsgen_jax import host_memory, trainer
+from tsgen_jax import train_state as ts_lib
+
+# form: (new gradient norm, step compiler options)
+FORMS = {"before": (False, False), "norm": (True, False), "copies": (False, True),
+         "both": (True, True)}
+
+
+def steps(variant: str, batch: int, rounds: int) -> dict:
+  """Whole stage-1 steps of ``variant`` in each form; {form: [seconds per step]}."""
+  runs = {}
+  for form, (new_norm, options) in FORMS.items():
+    norm = ts_lib.global_norm if new_norm else optax.tree.norm
+    opts = trainer.step_compiler_options if options else (lambda mesh: {})
+    with mock.patch.object(ts_lib, "global_norm", norm), \
+         mock.patch.object(trainer, "step_compiler_options", opts):
+      jitted, state, (b, rng) = stage1_bench.build(variant, batch)
+      compiled, _, _, _ = common.compile_fn(jitted, state, b, rng)
+    copies = compiled.as_text().count("copy(%state_params")
+    print(f"{variant} {form}: {copies} parameter copies", flush=True)
+    runs[form] = common.stateful_call(compiled, state, b, rng)
+    runs[form]()  # warm-up
+  return common.alternate_calls(runs, rounds)
+
+
+if __name__ == "__main__":
+  host_memory.start()  # TSGEN_MALLOC=hugepages: restart once with huge-page malloc
+  if len(sys.argv) != 4:
+    sys.exit(__doc__)
+  variants, batch, rounds = sys.argv[1].split(","), int(sys.argv[2]), int(sys.argv[3])
+  for v in variants:
+    if v not in stage1_bench.VARIANTS:
+      sys.exit(f"benchmarks.step_plumbing: unknown variant {v!r}; "
+               f"one of {', '.join(stage1_bench.VARIANTS)}")
+  for v in variants:
+    for form, t in steps(v, batch, rounds).items():
+      print(f"{v} L=128 B={batch} step {form}: median {1000 * np.median(t):.1f} ms "
+            f"(min {1000 * min(t):.1f}, {len(t)} calls)", flush=True)

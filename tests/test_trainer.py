@@ -1,0 +1,66 @@
+"""Train-step plumbing shared by both stages: the gradient norm and the step's XLA options."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from conftest import tiny_config
+
+from tsgen_jax import run as run_lib
+from tsgen_jax import sharding, stage1, trainer
+from tsgen_jax import train_state as ts_lib
+from tsgen_jax.data import BatchStream, load_dataset
+
+
+def test_global_norm_matches_numpy_and_optax():
+  rng = np.random.default_rng(0)
+  tree = {"w": rng.normal(size=(33, 7)).astype(np.float32),
+          "b": [rng.normal(size=(5,)).astype(np.float32), np.float32(-2.5)],
+          "h": rng.normal(size=(4, 3)).astype(jnp.bfloat16)}
+  want = np.sqrt(sum(np.sum(np.asarray(x, np.float64) ** 2) for x in jax.tree.leaves(tree)))
+  got = jax.jit(ts_lib.global_norm)(jax.tree.map(jnp.asarray, tree))
+  assert got.dtype == jnp.float32 and got.shape == ()
+  np.testing.assert_allclose(float(got), want, rtol=1e-6)
+  # optax squares a bfloat16 leaf in bfloat16; on float32 leaves the two agree.
+  f32 = {"w": tree["w"], "b": tree["b"]}
+  np.testing.assert_allclose(float(ts_lib.global_norm(f32)), float(optax.tree.norm(f32)),
+                             rtol=1e-6)
+  assert float(ts_lib.global_norm({})) == 0.0
+
+
+def test_global_norm_reads_its_leaves_behind_an_optimization_barrier():
+  # Without the barrier XLA merges the norm's g * g with Adam's g ** 2 (benchmarks/NOTES.md
+  # item 10); the barrier in the traced function is what keeps them apart.
+  jaxpr = jax.make_jaxpr(ts_lib.global_norm)({"a": jnp.ones((3, 4)), "b": jnp.ones(2)})
+  assert "optimization_barrier" in str(jaxpr)
+
+
+def _two_vibcreg_steps(compiler_options):
+  cfg = tiny_config(**{"stage1.ssl.method": "vibcreg", "stage1.ssl.weight": 1.0})
+  ds = load_dataset(cfg.dataset, 8)
+  mesh = sharding.make_mesh()
+  model, state, tx = run_lib.stage1_setup(cfg, ds)
+  state = sharding.replicate_tree(state, mesh)
+  stream = BatchStream(ds.train, 16, 0, sharding.data_sharding(mesh))
+  fn = trainer.compile_step(stage1.make_train_step(model, cfg.stage1, tx), mesh, state,
+                            compiler_options=compiler_options)
+  hlo = fn.lower(state, stream.device_batch(0), jax.random.key(0)).compile().as_text()
+  for s in range(2):
+    state, metrics = fn(state, stream.device_batch(s), jax.random.key(s))
+  return hlo, jax.device_get((state, metrics))
+
+
+def test_step_compiler_options_drop_the_parameter_copies_and_change_no_result():
+  assert trainer.step_compiler_options(sharding.make_mesh()) == {
+      "xla_cpu_copy_insertion_use_region_analysis": True}
+  hlo_default, (state_a, metrics_a) = _two_vibcreg_steps(None)
+  hlo_plain, (state_b, metrics_b) = _two_vibcreg_steps({})
+  # The option reached XLA: without it every donated parameter is copied first.
+  assert hlo_plain.count("copy(%state_params") > 0
+  assert hlo_default.count("copy(%state_params") == 0
+  # Bit-identical state (params, BatchNorm / IterNorm statistics, Adam moments) and metrics.
+  for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
+    np.testing.assert_array_equal(a, b)
+  assert metrics_a.keys() == metrics_b.keys()
+  for k in metrics_a:
+    np.testing.assert_array_equal(metrics_a[k], metrics_b[k])
