@@ -6,7 +6,7 @@ one process and timed in alternating rounds:
 * ``copies``: the step compiled with ``trainer.step_compiler_options`` (on CPU, region
   analysis in copy insertion) instead of no options.
 
-  python -m benchmarks.step_plumbing vibcreg,barlowtwins 128 30
+  python -m benchmarks.step_plumbing vibcreg,barlowtwins,vibcreg_lfhf 128 30
   # stage-1 variants, batch, timed rounds (L = 128; one call per form per round)
 
 Prints the median / min step time of each form ('before', 'norm', 'copies', 'both') and the
