@@ -15,8 +15,8 @@ starts, so with ``TSGEN_MALLOC=hugepages`` :func:`reexec_with_hugepages` restart
 current command once (``execve``: same pid, arguments and environment, plus that tunable)
 before anything else runs. The command-line entry points (``python -m tsgen_jax.main``,
 ``tsgen_jax.study``, ``benchmarks.run``, ``benchmarks.interleaved``,
-``benchmarks.wgrad_slices``, ``benchmarks.page_faults``, ``benchmarks.strided_input_grad``)
-call it first thing.
+``benchmarks.wgrad_slices``, ``benchmarks.page_faults``, ``benchmarks.strided_input_grad``,
+``benchmarks.step_plumbing``) call it first thing.
 
 It is opt-in: on the 2-core VM where it was measured, it sped up the batch-128 SSL and stage-2
 steps (-9 % and -18 %) but made the memory-heavy steps (L >= 512 or batch 512) stall now and
