@@ -42,8 +42,8 @@ def global_norm(tree) -> jax.Array:
   Computed behind an optimisation barrier, so that XLA cannot merge its ``g * g`` with the
   identical ``g ** 2`` of Adam's second moment. Merged, that square has two users (the norm's
   reduction and Adam's update), and XLA:CPU writes it out as a separate array: one more
-  64 MB write and read per 4096 x 4096 projector kernel in the SSL steps (~15-50 ms per step,
-  benchmarks/NOTES.md item 10). Apart, each reduction reads its gradient once. Stage 1 uses
+  64 MB write and read per 4096 x 4096 projector kernel in the SSL steps (14-32 ms per step
+  in an A/B, benchmarks/NOTES.md item 10). Apart, each reduction reads its gradient once. Stage 1 uses
   it; stage 2 keeps ``optax.tree.norm``, whose kernels are small enough to stay in cache
   (there the barrier measured 0-3 % slower).
   """

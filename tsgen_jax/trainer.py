@@ -85,7 +85,7 @@ def step_compiler_options(mesh) -> dict:
   that this write comes after the parameter's last read in the backward pass, and copies
   every parameter at the start of the step (55 copies in the SSL steps, two of them 64 MB).
   With it those copies go. Same results, bit for bit (tests/test_trainer.py); the SSL steps
-  ~5 % faster (benchmarks/NOTES.md item 10). Other platforms: no options.
+  4-6 % faster (benchmarks/NOTES.md item 10). Other platforms: no options.
   """
   if mesh.devices.flat[0].platform == "cpu":
     return {"xla_cpu_copy_insertion_use_region_analysis": True}
