@@ -36,7 +36,7 @@ def bench_train(batch: int, peak_gflops=None, iters=common.DEFAULT_ITERS, lfhf: 
   step = stage2.make_train_step(priors, specs, cfg.stage2, NUM_CLASSES, tx)
   mesh = sharding.make_mesh()
   state = sharding.replicate_tree(state, mesh)
-  jitted = trainer.compile_step(step, mesh, state)
+  jitted = trainer.compile_step(step, mesh, state, stage="stage2")
   n_tok = sum(s.num_tokens for s in specs)
   rng = np.random.default_rng(0)
   b = {"x": jnp.asarray(rng.integers(0, 32, (batch, n_tok)), jnp.int32),

@@ -32,7 +32,7 @@ def steps(variant: str, batch: int, rounds: int) -> dict:
   runs = {}
   for form, (new_norm, options) in FORMS.items():
     norm = ts_lib.global_norm if new_norm else optax.tree.norm
-    opts = trainer.step_compiler_options if options else (lambda mesh: {})
+    opts = trainer.step_compiler_options if options else (lambda mesh, stage="stage1": {})
     with mock.patch.object(ts_lib, "global_norm", norm), \
          mock.patch.object(trainer, "step_compiler_options", opts):
       jitted, state, (b, rng) = stage1_bench.build(variant, batch)

@@ -64,3 +64,44 @@ def test_step_compiler_options_drop_the_parameter_copies_and_change_no_result():
   assert metrics_a.keys() == metrics_b.keys()
   for k in metrics_a:
     np.testing.assert_array_equal(metrics_a[k], metrics_b[k])
+
+
+def _stage2_step_two_ways():
+  from tsgen_jax import stage2
+  from tsgen_jax.models import stage1 as stage1_model
+  cfg = tiny_config()
+  s1_model = stage1_model.from_config(cfg, 1, cfg.dataset.length)
+  s1_vars = stage1.init_variables(s1_model, jax.random.key(0), 1, cfg.dataset.length, False)
+  specs = stage2.prior_specs(s1_model)
+  priors = stage2.build_priors(cfg, s1_model, 3)
+  codebooks = s1_model.apply(s1_vars, method="codebooks")
+  mesh = sharding.make_mesh()
+  n_tok = sum(s.num_tokens for s in specs)
+  rng = np.random.default_rng(0)
+  batch = {"x": jnp.asarray(rng.integers(0, 8, (16, n_tok)), jnp.int32),
+           "y": jnp.asarray(rng.integers(0, 3, (16,)), jnp.int32)}
+  out = {}
+  for stage in ("stage1", "stage2"):
+    state, tx = stage2.init_state(cfg, priors, specs, codebooks, jax.random.key(1))
+    state = sharding.replicate_tree(state, mesh)
+    step = stage2.make_train_step(priors, specs, cfg.stage2, 3, tx)
+    fn = trainer.compile_step(step, mesh, state, stage=stage)
+    hlo = fn.lower(state, batch, jax.random.key(2)).compile().as_text()
+    for s in range(3):
+      state, metrics = fn(state, batch, jax.random.key(s))
+    out[stage] = hlo, jax.device_get((state.params, metrics))
+  return out
+
+
+def test_stage2_steps_use_ynnpack_for_dots_only_with_the_same_results():
+  opts = trainer.step_compiler_options(sharding.make_mesh(), "stage2")
+  assert opts["xla_cpu_experimental_ynn_fusion_type"] == "LIBRARY_FUSION_TYPE_DOT"
+  assert opts["xla_cpu_copy_insertion_use_region_analysis"] is True
+  out = _stage2_step_two_ways()
+  (hlo1, (params1, m1)), (hlo2, (params2, m2)) = out["stage1"], out["stage2"]
+  # The option reached XLA: fewer YNNPACK fusions (the elementwise and reduction ones go).
+  assert 0 < hlo2.count('"__ynn_fusion"') < hlo1.count('"__ynn_fusion"')
+  # Three steps later, the same parameters and loss up to float rounding.
+  np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(params1), jax.tree.leaves(params2)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

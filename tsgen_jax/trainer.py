@@ -77,31 +77,43 @@ class _SignalFlag:
       signal.signal(sig, old)
 
 
-def step_compiler_options(mesh) -> dict:
-  """XLA options for a train step on ``mesh``'s devices.
+def step_compiler_options(mesh, stage: str = "stage1") -> dict:
+  """XLA options for the train step of ``stage`` on ``mesh``'s devices.
 
-  On CPU: region analysis in copy insertion. The state is donated, so each parameter's
-  update is written over the parameter's own buffer; without the option XLA:CPU cannot prove
-  that this write comes after the parameter's last read in the backward pass, and copies
-  every parameter at the start of the step (55 copies in the SSL steps, two of them 64 MB).
-  With it those copies go. Same results, bit for bit (tests/test_trainer.py); the SSL steps
-  4-6 % faster (benchmarks/NOTES.md item 10). Other platforms: no options.
+  On CPU, every stage: region analysis in copy insertion. The state is donated, so each
+  parameter's update is written over the parameter's own buffer; without the option XLA:CPU
+  cannot prove that this write comes after the parameter's last read in the backward pass,
+  and copies every parameter at the start of the step (55 copies in the SSL steps, two of
+  them 64 MB). With it those copies go. Same results, bit for bit (tests/test_trainer.py);
+  the SSL steps 4-6 % faster (benchmarks/NOTES.md item 10).
+
+  On CPU, ``stage='stage2'`` (the MaskGIT prior) also: YNNPACK fusions for dots only. By
+  default XLA:CPU also hands elementwise and reduction fusions to YNNPACK, which cannot take a
+  broadcast inside; the RMSNorm backward passes then get each (D,) scale as a materialised
+  (B, S, D) array. Without them the prior's step is 8-10 % faster (item 11). Stage 1's
+  convolution steps are faster with the default kinds, and so is sampling.
+
+  Other platforms: no options.
   """
-  if mesh.devices.flat[0].platform == "cpu":
-    return {"xla_cpu_copy_insertion_use_region_analysis": True}
-  return {}
+  if mesh.devices.flat[0].platform != "cpu":
+    return {}
+  options = {"xla_cpu_copy_insertion_use_region_analysis": True}
+  if stage == "stage2":
+    options["xla_cpu_experimental_ynn_fusion_type"] = "LIBRARY_FUSION_TYPE_DOT"
+  return options
 
 
-def compile_step(train_step: Callable, mesh, state, compiler_options: dict | None = None):
+def compile_step(train_step: Callable, mesh, state, compiler_options: dict | None = None,
+                 stage: str = "stage1"):
   """jit-compiles ``train_step`` with the state donated, the batch on 'data'. The state is
   replicated, or FSDP-sharded over 'model' when the mesh has ``model > 1``
   (:func:`sharding.state_shardings`). ``compiler_options``: XLA options, by default
-  :func:`step_compiler_options`."""
+  ``step_compiler_options(mesh, stage)``."""
   rep = sharding.replicated(mesh)
   state_sh = sharding.state_shardings(state, mesh)
   batch_sh = sharding.data_sharding(mesh)
   if compiler_options is None:
-    compiler_options = step_compiler_options(mesh)
+    compiler_options = step_compiler_options(mesh, stage)
   return jax.jit(train_step, in_shardings=(state_sh, batch_sh, rep),
                  out_shardings=(state_sh, rep), donate_argnums=(0,),
                  compiler_options=compiler_options or None)
@@ -146,7 +158,8 @@ def run(lc: LoopConfig, state, train_step: Callable, stream: BatchStream, mesh,
   if start >= lc.num_steps:
     print(f"[{lc.stage}] complete at step {start}, skipping", flush=True)
     return state
-  step_fn = compile_step(with_finite_guard(train_step, lc.skip_nonfinite), mesh, state)
+  step_fn = compile_step(with_finite_guard(train_step, lc.skip_nonfinite), mesh, state,
+                         stage=lc.stage)
   is_main = jax.process_index() == 0
   writer = metrics_writer.MetricsWriter(lc.workdir, lc.stage, enabled=is_main)
   progress = metrics_writer.Progress(lc.stage, lc.num_steps, start, enabled=is_main)
