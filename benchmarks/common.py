@@ -92,6 +92,25 @@ def alternate_calls(calls: dict, rounds: int) -> dict:
   return times
 
 
+def print_times(label: str, times: dict, decimals: int = 1):
+  """Prints one line per entry of {name: [seconds per call]}: median and min in ms."""
+  for k, t in times.items():
+    print(f"{label} {k}: median {1000 * np.median(t):.{decimals}f} ms "
+          f"(min {1000 * min(t):.{decimals}f}, {len(t)} calls)", flush=True)
+
+
+def ab_args(argv: list, usage: str, prog: str, variants: tuple) -> tuple:
+  """(variants, batch, rounds) from ``argv`` = [prog, 'V1,V2', B, ROUNDS] of an A/B script;
+  exits with ``usage`` on a wrong count, or naming the first variant not in ``variants``."""
+  if len(argv) != 4:
+    raise SystemExit(usage)
+  chosen, batch, rounds = argv[1].split(","), int(argv[2]), int(argv[3])
+  for v in chosen:
+    if v not in variants:
+      raise SystemExit(f"{prog}: unknown variant {v!r}; one of {', '.join(variants)}")
+  return chosen, batch, rounds
+
+
 def stateful_call(compiled, state, *args):
   """A blocking ``call()`` that runs the donated-state step ``state, out = compiled(state,
   *args)`` once, keeping the new state for the next call."""

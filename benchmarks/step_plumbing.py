@@ -15,7 +15,6 @@ number of parameter copies in each compiled step.
 import sys
 from unittest import mock
 
-import numpy as np
 import optax
 
 from benchmarks import common, stage1_bench
@@ -46,14 +45,7 @@ def steps(variant: str, batch: int, rounds: int) -> dict:
 
 if __name__ == "__main__":
   host_memory.start()  # TSGEN_MALLOC=hugepages: restart once with huge-page malloc
-  if len(sys.argv) != 4:
-    sys.exit(__doc__)
-  variants, batch, rounds = sys.argv[1].split(","), int(sys.argv[2]), int(sys.argv[3])
+  variants, batch, rounds = common.ab_args(sys.argv, __doc__, "benchmarks.step_plumbing",
+                                           stage1_bench.VARIANTS)
   for v in variants:
-    if v not in stage1_bench.VARIANTS:
-      sys.exit(f"benchmarks.step_plumbing: unknown variant {v!r}; "
-               f"one of {', '.join(stage1_bench.VARIANTS)}")
-  for v in variants:
-    for form, t in steps(v, batch, rounds).items():
-      print(f"{v} L=128 B={batch} step {form}: median {1000 * np.median(t):.1f} ms "
-            f"(min {1000 * min(t):.1f}, {len(t)} calls)", flush=True)
+    common.print_times(f"{v} L=128 B={batch} step", steps(v, batch, rounds))

@@ -13,7 +13,6 @@ import sys
 from unittest import mock
 
 import jax
-import numpy as np
 from jax import lax
 
 from benchmarks import common, stage1_bench
@@ -22,12 +21,6 @@ from tsgen_jax.models import conv as conv_lib
 from tsgen_jax.models import vqvae as vqvae_lib
 
 FORMS = {"xla": False, "phase": True}
-
-
-def _print(label: str, times: dict):
-  for k, t in times.items():
-    print(f"{label} {k}: median {1000 * np.median(t):.2f} ms (min {1000 * min(t):.2f}, "
-          f"{len(t)} calls)", flush=True)
 
 
 def steps(variant: str, batch: int, rounds: int) -> dict:
@@ -67,13 +60,9 @@ def encoder_grads(batch: int, rounds: int) -> dict:
 
 if __name__ == "__main__":
   host_memory.start()  # TSGEN_MALLOC=hugepages: restart once with huge-page malloc
-  if len(sys.argv) != 4:
-    sys.exit(__doc__)
-  variants, batch, rounds = sys.argv[1].split(","), int(sys.argv[2]), int(sys.argv[3])
+  variants, batch, rounds = common.ab_args(sys.argv, __doc__, "benchmarks.strided_input_grad",
+                                           stage1_bench.VARIANTS)
   for v in variants:
-    if v not in stage1_bench.VARIANTS:
-      sys.exit(f"benchmarks.strided_input_grad: unknown variant {v!r}; "
-               f"one of {', '.join(stage1_bench.VARIANTS)}")
-  for v in variants:
-    _print(f"{v} L=128 B={batch} step", steps(v, batch, rounds))
-  _print(f"encoder input gradient B={batch}", encoder_grads(batch, rounds))
+    common.print_times(f"{v} L=128 B={batch} step", steps(v, batch, rounds), decimals=2)
+  common.print_times(f"encoder input gradient B={batch}", encoder_grads(batch, rounds),
+                     decimals=2)

@@ -145,3 +145,14 @@ def test_interleaved_rejects_unknown_fields_and_mistyped_values():
       interleaved.compare("plain", 128, 32, field, [value], 1)
   with pytest.raises(ConfigError, match="stage1.conv_wgrad_chunk=sixteen: expected a int"):
     interleaved.compare("plain", 128, 32, "stage1.conv_wgrad_chunk", ["sixteen"], 1)
+
+
+def test_ab_args_and_print_times(capsys):
+  assert common.ab_args(["p", "plain,vibcreg", "128", "30"], "usage", "prog",
+                        ("plain", "vibcreg")) == (["plain", "vibcreg"], 128, 30)
+  with pytest.raises(SystemExit, match="usage"):
+    common.ab_args(["p", "plain"], "usage", "prog", ("plain",))
+  with pytest.raises(SystemExit, match="prog: unknown variant 'vibreg'; one of plain, vibcreg"):
+    common.ab_args(["p", "vibreg", "128", "30"], "usage", "prog", ("plain", "vibcreg"))
+  common.print_times("step", {"a": [0.010, 0.012, 0.0111]}, decimals=2)
+  assert capsys.readouterr().out == "step a: median 11.10 ms (min 10.00, 3 calls)\n"
