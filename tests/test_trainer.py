@@ -70,21 +70,19 @@ def _stage2_step_two_ways():
   from tsgen_jax import stage2
   from tsgen_jax.models import stage1 as stage1_model
   cfg = tiny_config()
+  ds = load_dataset(cfg.dataset, 8)
   s1_model = stage1_model.from_config(cfg, 1, cfg.dataset.length)
   s1_vars = stage1.init_variables(s1_model, jax.random.key(0), 1, cfg.dataset.length, False)
-  specs = stage2.prior_specs(s1_model)
-  priors = stage2.build_priors(cfg, s1_model, 3)
-  codebooks = s1_model.apply(s1_vars, method="codebooks")
   mesh = sharding.make_mesh()
-  n_tok = sum(s.num_tokens for s in specs)
-  rng = np.random.default_rng(0)
-  batch = {"x": jnp.asarray(rng.integers(0, 8, (16, n_tok)), jnp.int32),
-           "y": jnp.asarray(rng.integers(0, 3, (16,)), jnp.int32)}
   out = {}
   for stage in ("stage1", "stage2"):
-    state, tx = stage2.init_state(cfg, priors, specs, codebooks, jax.random.key(1))
+    priors, specs, state, tx = run_lib.stage2_setup(cfg, ds, s1_model, s1_vars)
     state = sharding.replicate_tree(state, mesh)
-    step = stage2.make_train_step(priors, specs, cfg.stage2, 3, tx)
+    n_tok = sum(s.num_tokens for s in specs)
+    rng = np.random.default_rng(0)
+    batch = {"x": jnp.asarray(rng.integers(0, 8, (16, n_tok)), jnp.int32),
+             "y": jnp.asarray(rng.integers(0, ds.num_classes, (16,)), jnp.int32)}
+    step = stage2.make_train_step(priors, specs, cfg.stage2, ds.num_classes, tx)
     fn = trainer.compile_step(step, mesh, state, stage=stage)
     hlo = fn.lower(state, batch, jax.random.key(2)).compile().as_text()
     for s in range(3):
