@@ -27,8 +27,16 @@ REFERENCE = """| path | NC-VQVAE (PyTorch) | TimeVQVAE (PyTorch) | target |
 
 Reference figures: PyTorch 2.13 on the same 2-core CPU kind, median ms per step."""
 
+# The issue's figure for its reference machine's 2048^3 float32 matmul (GFLOP/s).
+ISSUE_MATMUL_GFLOPS = 155.0
+
+
 def verdicts(rows) -> str:
+  """One line per target: met or not, the measured value, and the matmul floor (what the
+  target asks of the FLOPs XLA counts: the GFLOP/s it needs as a fraction of the run's
+  ``matmul_f32_2048``, and the time every FLOP would take at the issue's 155 GFLOP/s)."""
   by = {r["name"]: r for r in rows}
+  peak = by.get("matmul_f32_2048", {}).get("gflops_per_s")
   out = []
   for name, kind, bound in TARGETS:
     r = by.get(name)
@@ -37,14 +45,33 @@ def verdicts(rows) -> str:
       continue
     if kind == "ms":
       ok = r["median_ms"] <= bound
-      out.append(f"- {name}: target <= {bound} ms: **{'met' if ok else 'not met'}** "
-                 f"(median {r['median_ms']:.0f} ms, min {r['min_ms']:.0f} ms)")
+      line = (f"- {name}: target <= {bound} ms: **{'met' if ok else 'not met'}** "
+              f"(median {r['median_ms']:.0f} ms, min {r['min_ms']:.0f} ms)")
+      floor = _floor(r.get("gflop"), bound / 1e3, peak)
+      if floor:
+        floor += (f"; at the issue's {ISSUE_MATMUL_GFLOPS:.0f} GFLOP/s its FLOPs take "
+                  f"{r['gflop'] / ISSUE_MATMUL_GFLOPS * 1e3:.0f} ms")
     else:
       v = r.get("series_per_s", 0)
       ok = v >= bound
-      out.append(f"- {name}: target >= {bound} series/s: **{'met' if ok else 'not met'}** "
-                 f"({v:.1f} series/s, median {r['median_ms']:.0f} ms)")
+      line = (f"- {name}: target >= {bound} series/s: **{'met' if ok else 'not met'}** "
+              f"({v:.1f} series/s, median {r['median_ms']:.0f} ms)")
+      n = round(v * r["median_ms"] / 1e3)  # series per call
+      floor = _floor(r.get("gflop"), n / bound, peak) if v else ""
+      if floor:
+        floor += (f"; at the issue's {ISSUE_MATMUL_GFLOPS:.0f} GFLOP/s its FLOPs allow at most "
+                  f"{n / (r['gflop'] / ISSUE_MATMUL_GFLOPS):.0f} series/s")
+    out.append(line + floor)
   return "\n".join(out)
+
+
+def _floor(gflop, target_s: float, peak) -> str:
+  """``"; G GFLOP: the target needs N GFLOP/s sustained, F% of this run's matmul peak"``."""
+  if not gflop:
+    return ""
+  need = gflop / target_s
+  return (f"; {gflop:.1f} GFLOP: the target needs {need:.0f} GFLOP/s sustained"
+          + (f", {need / peak:.0%} of this run's matmul peak" if peak else ""))
 
 
 def other_machine(path: str, data: dict) -> str:

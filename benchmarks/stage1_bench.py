@@ -45,7 +45,7 @@ def build_from_config(cfg):
   model, state, tx = run_lib.stage1_setup(cfg, ds)
   step = stage1.make_train_step(model, cfg.stage1, tx)
   state = sharding.replicate_tree(state, mesh)
-  jitted = trainer.compile_step(step, mesh, state)
+  jitted = trainer.compile_step(step, mesh, state, ssl=cfg.stage1.ssl.method != "none")
   b = common.random_batch(batch, 1, length)
   b = jax.device_put(b, sharding.data_sharding(mesh))
   rng = jax.random.key(1)

@@ -79,6 +79,25 @@ def test_verdicts_bounds_and_missing_rows():
   assert "sample_256_t10_s1: target >= 120 series/s: **met** (256.0 series/s" in met
 
 
+def test_verdicts_matmul_floor():
+  # 60 GFLOP in a <= 500 ms target: 120 GFLOP/s, 40 % of a 300 GFLOP/s matmul; at the
+  # issue's 155 GFLOP/s the FLOPs alone take 60 / 155 s = 387 ms.
+  rows = [_row("matmul_f32_2048", 57.3, gflops_per_s=300.0),
+          _row("stage2_train_b256", 900.0, gflop=60.0),
+          _row("sample_256_t10_s1", 2000.0, series_per_s=128.0, gflop=310.0),
+          _row("stage1_plain_b128", 200.0)]  # no gflop: no floor
+  lines = dict(line[2:].split(": ", 1) for line in report.verdicts(rows).splitlines())
+  assert lines["stage2_train_b256"].endswith(
+      "; 60.0 GFLOP: the target needs 120 GFLOP/s sustained, 40% of this run's matmul peak; "
+      "at the issue's 155 GFLOP/s its FLOPs take 387 ms")
+  # 256 series at 120/s: 2.133 s, so 310 / 2.133 = 145 GFLOP/s; 155 GFLOP/s allows
+  # 256 / (310 / 155) = 128 series/s.
+  assert lines["sample_256_t10_s1"].endswith(
+      "; 310.0 GFLOP: the target needs 145 GFLOP/s sustained, 48% of this run's matmul peak; "
+      "at the issue's 155 GFLOP/s its FLOPs allow at most 128 series/s")
+  assert lines["stage1_plain_b128"].endswith("min 199 ms)")
+
+
 def _results(**machine):
   return {"machine": {"cpu": "Test CPU", "cpu_count": 2, "commit": "abc1234", **machine},
           "rows": [_row("matmul_f32_2048", 60.0, gflops_per_s=286.3, fraction_of_peak=1.0),

@@ -43,15 +43,28 @@ def _two_vibcreg_steps(compiler_options):
   state = sharding.replicate_tree(state, mesh)
   stream = BatchStream(ds.train, 16, 0, sharding.data_sharding(mesh))
   fn = trainer.compile_step(stage1.make_train_step(model, cfg.stage1, tx), mesh, state,
-                            compiler_options=compiler_options)
+                            compiler_options=compiler_options, ssl=True)
   hlo = fn.lower(state, stream.device_batch(0), jax.random.key(0)).compile().as_text()
   for s in range(2):
     state, metrics = fn(state, stream.device_batch(s), jax.random.key(s))
   return hlo, jax.device_get((state, metrics))
 
 
+def test_single_view_steps_keep_the_plain_norm_and_no_options():
+  # benchmarks/NOTES.md item 12: the barrier and region analysis only in the SSL steps.
+  assert stage1.grad_norm_fn(True) is ts_lib.global_norm
+  assert stage1.grad_norm_fn(False) is optax.tree.norm
+  mesh = sharding.make_mesh()
+  assert trainer.step_compiler_options(mesh) == {}
+  assert trainer.step_compiler_options(mesh, "stage1", ssl=False) == {}
+  plain, ssl = tiny_config(), tiny_config(**{"stage1.ssl.method": "vibcreg"})
+  assert not run_lib.loop_config(plain, "w", "stage1", plain.stage1).ssl
+  assert run_lib.loop_config(ssl, "w", "stage1", ssl.stage1).ssl
+  assert not run_lib.loop_config(ssl, "w", "stage2", ssl.stage2).ssl
+
+
 def test_step_compiler_options_drop_the_parameter_copies_and_change_no_result():
-  assert trainer.step_compiler_options(sharding.make_mesh()) == {
+  assert trainer.step_compiler_options(sharding.make_mesh(), "stage1", ssl=True) == {
       "xla_cpu_copy_insertion_use_region_analysis": True}
   hlo_default, (state_a, metrics_a) = _two_vibcreg_steps(None)
   hlo_plain, (state_b, metrics_b) = _two_vibcreg_steps({})

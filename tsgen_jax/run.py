@@ -109,7 +109,8 @@ def loop_config(cfg, workdir, stage: str, section) -> trainer.LoopConfig:
       stage=stage, workdir=workdir, num_steps=int(section.num_steps), seed=cfg.seed,
       log_every=int(section.log_every), checkpoint_every=int(section.checkpoint_every),
       keep_checkpoints=int(section.keep_checkpoints), identity=stage_identity(cfg, stage),
-      allow_config_change=cfg.resume_ignore_config, skip_nonfinite=cfg.skip_nonfinite)
+      allow_config_change=cfg.resume_ignore_config, skip_nonfinite=cfg.skip_nonfinite,
+      ssl=stage == "stage1" and cfg.stage1.ssl.method != "none")
 
 
 # -- stage 1 ----------------------------------------------------------------------------------

@@ -77,6 +77,14 @@ def compute_loss(out, x, branch_names, s1_cfg, ssl_fn=None):
   return loss, m
 
 
+def grad_norm_fn(ssl: bool):
+  """The metrics' gradient norm, ``tree -> float32 scalar``: ``train_state.global_norm`` (behind
+  an optimisation barrier) in the SSL steps, where it saves a 64 MB array per projector kernel,
+  ``optax.tree.norm`` in the single-view ones, where the barrier measured 4-9 % slower on the
+  AMD EPYC machine (benchmarks/NOTES.md items 10 and 12)."""
+  return ts_lib.global_norm if ssl else optax.tree.norm
+
+
 def make_train_step(model: model_lib.Stage1Model, s1_cfg, tx):
   """The pure train step for ``model`` under the ``config.stage1`` block."""
   ssl_fn = ssl_loss_fn(s1_cfg.ssl)
@@ -113,7 +121,7 @@ def make_train_step(model: model_lib.Stage1Model, s1_cfg, tx):
     (_, (metrics, new_ms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics["grad_norm"] = ts_lib.global_norm(grads)
+    metrics["grad_norm"] = grad_norm_fn(ssl_fn is not None)(grads)
     new_state = state.replace(step=state.step + 1, params=params, model_state=new_ms,
                               opt_state=opt_state)
     return new_state, metrics

@@ -44,8 +44,9 @@ def global_norm(tree) -> jax.Array:
   reduction and Adam's update), and XLA:CPU writes it out as a separate array: one more
   64 MB write and read per 4096 x 4096 projector kernel in the SSL steps (14-32 ms per step
   in an A/B, benchmarks/NOTES.md item 10). Apart, each reduction reads its gradient once.
-  Stage 1 uses it; stage 2 keeps ``optax.tree.norm``, whose kernels are small enough to stay
-  in cache (there the barrier measured 0-3 % slower).
+  The SSL stage-1 steps use it (``stage1.grad_norm_fn``); the single-view stage-1 steps and
+  stage 2 keep ``optax.tree.norm``, whose kernels are small enough to stay in cache (there the
+  barrier measured 0-3 % slower on the Xeon, 4-9 % for the plain step on the AMD EPYC).
   """
   leaves = jax.lax.optimization_barrier(jax.tree.leaves(tree))
   total = sum((jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves),

@@ -52,6 +52,7 @@ class LoopConfig:
   identity: dict  # config values that must match on resume
   allow_config_change: bool = False
   skip_nonfinite: bool = False
+  ssl: bool = False  # a two-view stage-1 step (step_compiler_options)
 
 
 class _SignalFlag:
@@ -77,15 +78,19 @@ class _SignalFlag:
       signal.signal(sig, old)
 
 
-def step_compiler_options(mesh, stage: str = "stage1") -> dict:
-  """XLA options for the train step of ``stage`` on ``mesh``'s devices.
+def step_compiler_options(mesh, stage: str = "stage1", ssl: bool = False) -> dict:
+  """XLA options for the train step of ``stage`` on ``mesh``'s devices (``ssl``: a stage-1
+  step with ``ssl.method != 'none'``).
 
-  On CPU, every stage: region analysis in copy insertion. The state is donated, so each
-  parameter's update is written over the parameter's own buffer; without the option XLA:CPU
-  cannot prove that this write comes after the parameter's last read in the backward pass,
-  and copies every parameter at the start of the step (55 copies in the SSL steps, two of
-  them 64 MB). With it those copies go. Same results, bit for bit (tests/test_trainer.py);
-  the SSL steps 4-6 % faster (benchmarks/NOTES.md item 10).
+  On CPU, the SSL stage-1 steps and stage 2: region analysis in copy insertion. The state is
+  donated, so each parameter's update is written over the parameter's own buffer; without the
+  option XLA:CPU cannot prove that this write comes after the parameter's last read in the
+  backward pass, and copies every parameter at the start of the step (55 copies in the SSL
+  steps, two of them 64 MB). With it those copies go. Same results, bit for bit
+  (tests/test_trainer.py); the SSL steps 4-8 % faster (benchmarks/NOTES.md item 10). The
+  single-view stage-1 steps (plain, LF/HF) keep their copies: without the 64 MB projector
+  kernels the option saves nothing there, and on the AMD EPYC machine it made the plain step
+  4-6 % slower (item 12).
 
   On CPU, ``stage='stage2'`` (the MaskGIT prior) also: YNNPACK fusions for dots only. By
   default XLA:CPU also hands elementwise and reduction fusions to YNNPACK, which cannot take a
@@ -95,7 +100,7 @@ def step_compiler_options(mesh, stage: str = "stage1") -> dict:
 
   Other platforms: no options.
   """
-  if mesh.devices.flat[0].platform != "cpu":
+  if mesh.devices.flat[0].platform != "cpu" or (stage == "stage1" and not ssl):
     return {}
   options = {"xla_cpu_copy_insertion_use_region_analysis": True}
   if stage == "stage2":
@@ -104,16 +109,16 @@ def step_compiler_options(mesh, stage: str = "stage1") -> dict:
 
 
 def compile_step(train_step: Callable, mesh, state, compiler_options: dict | None = None,
-                 stage: str = "stage1"):
+                 stage: str = "stage1", ssl: bool = False):
   """jit-compiles ``train_step`` with the state donated, the batch on 'data'. The state is
   replicated, or FSDP-sharded over 'model' when the mesh has ``model > 1``
   (:func:`sharding.state_shardings`). ``compiler_options``: XLA options, by default
-  ``step_compiler_options(mesh, stage)``."""
+  ``step_compiler_options(mesh, stage, ssl)``."""
   rep = sharding.replicated(mesh)
   state_sh = sharding.state_shardings(state, mesh)
   batch_sh = sharding.data_sharding(mesh)
   if compiler_options is None:
-    compiler_options = step_compiler_options(mesh, stage)
+    compiler_options = step_compiler_options(mesh, stage, ssl)
   return jax.jit(train_step, in_shardings=(state_sh, batch_sh, rep),
                  out_shardings=(state_sh, rep), donate_argnums=(0,),
                  compiler_options=compiler_options or None)
@@ -159,7 +164,7 @@ def run(lc: LoopConfig, state, train_step: Callable, stream: BatchStream, mesh,
     print(f"[{lc.stage}] complete at step {start}, skipping", flush=True)
     return state
   step_fn = compile_step(with_finite_guard(train_step, lc.skip_nonfinite), mesh, state,
-                         stage=lc.stage)
+                         stage=lc.stage, ssl=lc.ssl)
   is_main = jax.process_index() == 0
   writer = metrics_writer.MetricsWriter(lc.workdir, lc.stage, enabled=is_main)
   progress = metrics_writer.Progress(lc.stage, lc.num_steps, start, enabled=is_main)
