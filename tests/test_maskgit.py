@@ -63,6 +63,50 @@ def test_bfloat16_compute_keeps_float32_params_and_logits(tiny):
   np.testing.assert_allclose(out16, apply(params, tokens, cls), atol=0.1)
 
 
+def _flax_attention(dtype=jnp.float32, dropout_rate=0.0):
+  import flax.linen as nn
+  return nn.MultiHeadDotProductAttention(num_heads=2, qkv_features=16, out_features=16,
+                                         use_bias=False, force_fp32_for_softmax=True,
+                                         dtype=dtype, dropout_rate=dropout_rate)
+
+
+def test_self_attention_is_flax_multi_head_attention_one_head_at_a_time():
+  x = jax.random.normal(jax.random.key(0), (3, 7, 12))
+  ref, ours = _flax_attention(), maskgit.SelfAttention(2, 16)
+  params = ref.init(jax.random.key(1), x, x)
+  # The same parameter tree and initial values (so checkpoints load either way).
+  ours_params = ours.init(jax.random.key(1), x)
+  assert jax.tree.structure(ours_params) == jax.tree.structure(params)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ours_params)):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x, x), atol=1e-6)
+  # Gradients with respect to the parameters and the input.
+  def grads(f):
+    return jax.grad(lambda p, x: jnp.sum(jnp.sin(f(p, x))), argnums=(0, 1))(params, x)
+  g_ref = grads(lambda p, x: ref.apply(p, x, x))
+  g_ours = grads(ours.apply)
+  for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_ours)):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+  # bfloat16 compute: bfloat16 out, close to flax's bfloat16 attention.
+  out16 = maskgit.SelfAttention(2, 16, dtype=jnp.bfloat16).apply(params, x)
+  assert out16.dtype == jnp.bfloat16
+  np.testing.assert_allclose(out16.astype(jnp.float32),
+                             _flax_attention(jnp.bfloat16).apply(params, x, x).astype(
+                                 jnp.float32), atol=0.05)
+  with pytest.raises(ValueError, match="divisible"):
+    maskgit.SelfAttention(3, 16).init(jax.random.key(1), x)
+
+
+def test_self_attention_dropout_only_when_not_deterministic():
+  x = jax.random.normal(jax.random.key(0), (2, 5, 16))
+  model = maskgit.SelfAttention(2, 16, dropout_rate=0.5)
+  params = model.init(jax.random.key(1), x)
+  det = model.apply(params, x)
+  np.testing.assert_allclose(det, maskgit.SelfAttention(2, 16).apply(params, x))
+  drop = model.apply(params, x, deterministic=False, rngs={"dropout": jax.random.key(2)})
+  assert drop.shape == det.shape and not np.allclose(drop, det)
+
+
 def test_init_token_embeddings(tiny):
   _, params, _ = tiny
   codebook = jax.random.normal(jax.random.key(1), (K, CODE_DIM))

@@ -32,37 +32,71 @@ MASK_SCHEDULES = ("cosine", "linear", "square")
 _EMBED_INIT = nn.initializers.normal(stddev=0.02)
 
 
-def head_major_attention(query: jax.Array, key: jax.Array, value: jax.Array, bias=None,
-                         mask=None, dropout_rate: float = 0.0, deterministic: bool = True,
-                         dtype=None, **unused) -> jax.Array:
-  """``softmax(q k^T / sqrt(d)) v`` computed with heads moved in front of the sequence axis.
+class _Kernel(nn.Module):
+  """A kernel variable and nothing else, initialised as ``nn.DenseGeneral`` initialises its
+  own: lecun-normal over the (prod(shape[:n_in]), prod(shape[n_in:])) matrix, reshaped to
+  ``shape``. Named like a DenseGeneral, its path, RNG stream and values are that layer's."""
+  shape: tuple[int, ...]
+  n_in: int = 1
 
-  Same maths as ``flax.linen.dot_product_attention`` (softmax in float32), for the inference
-  path only: no bias, mask or dropout. On XLA:CPU the two batched einsums over
-  (B, heads, S, d) operands run ~3x faster than over flax's (B, S, heads, d) layout, which
-  shortens each MaskGIT forward pass by ~15 % (BENCHMARKS.md); the gradient is not faster, so
-  training keeps flax's own function.
+  @nn.compact
+  def __call__(self) -> jax.Array:
+    """The float32 kernel, of ``shape``."""
+    flat = (math.prod(self.shape[:self.n_in]), math.prod(self.shape[self.n_in:]))
+    init = nn.initializers.lecun_normal()
+    return self.param("kernel", lambda k, shape: init(k, flat).reshape(shape), self.shape)
 
-  Args:
-    query, key, value: (B, S, heads, d).
 
-  Returns:
-    (B, S, heads, d) in ``value``'s dtype.
+class SelfAttention(nn.Module):
+  """Multi-head self-attention computed one head at a time, in (B, S, d) layout throughout.
+
+  The parameters (names, shapes, initial values) and the maths of
+  ``nn.MultiHeadDotProductAttention(num_heads, qkv_features=features, out_features=features,
+  use_bias=False, force_fp32_for_softmax=True)`` applied as self-attention: kernels
+  ``query``/``key``/``value`` (H, heads, d) and ``out`` (heads, d, features), no biases,
+  softmax in float32. Checkpoints of either load in the other (tests/test_maskgit.py).
+
+  Each head projects with its own (H, d) slice of the kernels, so its queries, keys and values
+  come out of their matmuls as contiguous (B, S, d) arrays, the attention einsums batch over B
+  only, and in the backward pass the projections' gradients are plain 2-D matmuls. Flax's
+  (B, S, heads, d) layout instead has XLA:CPU transpose q, k, v and the output to and from
+  (B, heads, S, d) around the attention einsums; without those copies sampling is ~7 % faster
+  (benchmarks/NOTES.md item 13). Attention dropout, when on, uses ``nn.Dropout`` (the
+  distribution of flax's, other draws).
   """
-  if bias is not None or mask is not None or (dropout_rate > 0.0 and not deterministic):
-    raise ValueError("head_major_attention supports no bias, mask or dropout")
-  d = query.shape[-1]
-  q, k, v = (jnp.swapaxes(t, -3, -2) for t in (query, key, value))  # (B, heads, S, d)
-  logits = jnp.einsum("...qd,...kd->...qk", q / jnp.sqrt(jnp.asarray(d, q.dtype)), k)
-  weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-  return jnp.swapaxes(jnp.einsum("...qk,...kd->...qd", weights, v), -3, -2)
+  num_heads: int
+  features: int
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+    """x: (B, S, H) -> (B, S, features), in ``dtype``."""
+    h, feat = self.num_heads, self.features
+    if feat % h:
+      raise ValueError(f"features {feat} must be divisible by num_heads {h}")
+    d = feat // h
+    w = {n: _Kernel((x.shape[-1], h, d), name=n)().astype(self.dtype)
+         for n in ("query", "key", "value")}
+    x = x.astype(self.dtype)
+    heads = []
+    for i in range(h):
+      q, k, v = (jnp.einsum("bsm,md->bsd", x, w[n][:, i]) for n in ("query", "key", "value"))
+      logits = jnp.einsum("bqd,bkd->bqk", q / jnp.sqrt(jnp.asarray(d, q.dtype)), k)
+      weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+      if self.dropout_rate > 0.0 and not deterministic:
+        weights = nn.Dropout(self.dropout_rate, deterministic=False)(weights)
+      heads.append(jnp.einsum("bqk,bkd->bqd", weights, v))
+    w_out = _Kernel((h, d, feat), n_in=2, name="out")().astype(self.dtype)
+    o = jnp.concatenate(heads, axis=-1) if h > 1 else heads[0]  # (B, S, heads * d)
+    return jnp.einsum("bsk,kf->bsf", o, w_out.reshape(h * d, feat))
 
 
 class TransformerBlock(nn.Module):
   """Pre-norm block: ``x + Attn(RMSNorm(x))`` then ``x + MLP(RMSNorm(x))``, no causal mask.
 
-  The residual stream stays in float32; attention and MLP matmuls run in ``dtype``. With
-  ``train=False`` the attention uses :func:`head_major_attention` (same result, faster on CPU).
+  The residual stream stays in float32; attention and MLP matmuls run in ``dtype``. The
+  attention is :class:`SelfAttention` (flax's multi-head attention, one head at a time).
   The attention projections have no bias, as in x-transformers (TimeVQVAE's prior): the key
   bias has an exactly zero gradient (softmax is shift invariant) that Adam would turn into
   noise-driven updates, and the bias-gradient reductions cost ~13 % of the train step on CPU.
@@ -77,17 +111,8 @@ class TransformerBlock(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     """x: (B, S, hidden_dim) -> (B, S, hidden_dim)."""
     h = nn.RMSNorm(name="attn_norm")(x)
-    h = nn.MultiHeadDotProductAttention(
-        num_heads=self.n_heads,
-        qkv_features=self.hidden_dim,
-        out_features=self.hidden_dim,
-        dropout_rate=self.dropout,
-        deterministic=not train,
-        force_fp32_for_softmax=True,
-        use_bias=False,
-        dtype=self.dtype,
-        attention_fn=nn.dot_product_attention if train else head_major_attention,
-        name="attn")(h, h)
+    h = SelfAttention(self.n_heads, self.hidden_dim, self.dropout, self.dtype,
+                      name="attn")(h, deterministic=not train)
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     x = x + h.astype(x.dtype)
 
@@ -334,7 +359,7 @@ def masked_token_metrics(logits: jax.Array, targets: jax.Array, mask: jax.Array,
 
 
 __all__ = [
-    "MASK_SCHEDULES", "head_major_attention", "TransformerBlock", "MaskGITTransformer",
+    "MASK_SCHEDULES", "SelfAttention", "TransformerBlock", "MaskGITTransformer",
     "init_token_embeddings",
     "mask_ratio_schedule", "mask_count", "random_mask", "drop_class_labels",
     "masked_token_loss", "masked_token_accuracy", "masked_token_metrics",
