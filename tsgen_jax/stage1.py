@@ -80,7 +80,7 @@ def compute_loss(out, x, branch_names, s1_cfg, ssl_fn=None):
 def grad_norm_fn(ssl: bool):
   """The metrics' gradient norm, ``tree -> float32 scalar``: ``train_state.global_norm`` (behind
   an optimisation barrier) in the SSL steps, where it saves a 64 MB array per projector kernel,
-  ``optax.tree.norm`` in the single-view ones, where the barrier measured 4-9 % slower on the
+  ``optax.tree.norm`` in the single-view ones, where the barrier measured 6-9 % slower on the
   AMD EPYC machine (benchmarks/NOTES.md items 10 and 12)."""
   return ts_lib.global_norm if ssl else optax.tree.norm
 

@@ -46,7 +46,7 @@ def global_norm(tree) -> jax.Array:
   in an A/B, benchmarks/NOTES.md item 10). Apart, each reduction reads its gradient once.
   The SSL stage-1 steps use it (``stage1.grad_norm_fn``); the single-view stage-1 steps and
   stage 2 keep ``optax.tree.norm``, whose kernels are small enough to stay in cache (there the
-  barrier measured 0-3 % slower on the Xeon, 4-9 % for the plain step on the AMD EPYC).
+  barrier measured 0-3 % slower on the Xeon, 6-9 % for the plain step on the AMD EPYC).
   """
   leaves = jax.lax.optimization_barrier(jax.tree.leaves(tree))
   total = sum((jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves),
