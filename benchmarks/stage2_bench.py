@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from tsgen_jax import sharding, stage2, trainer
+from tsgen_jax import sampling, sharding, stage2, trainer
 from tsgen_jax.config import base_config
 from tsgen_jax.models import stage1 as stage1_model
 from tsgen_jax import stage1 as stage1_lib
@@ -60,8 +60,8 @@ def bench_sample(num: int, steps: int, scale: float, peak_gflops=None,
   flops = _sampler_flops(cfg, s1_model, s1_vars, specs, priors, state.params, ids)
   r = common.bench_pure(name, sampler, (state.params, s1_vars, jax.random.key(3), ids), iters,
                         peak_gflops, flops=flops,
-                        gflop_note="T transformer passes per prior + decoder (loop body "
-                                   "counted T times)")
+                        gflop_note="T transformer passes per prior (each at its step's "
+                                   "positions) + decoder")
   r["series_per_s"] = round(num / (r["median_ms"] / 1e3), 1)
   return r
 
@@ -72,25 +72,35 @@ def _flops(fn, *args) -> float:
 
 def _sampler_flops(cfg, s1_model, s1_vars, specs, priors, params, ids) -> float:
   """Flops of one sampler call: per prior, T forward passes at the loop batch (2B with
-  guidance), the first one on (num_classes + 1) rows for priors without a prefix."""
+  guidance), the first one on (num_classes + 1) rows for priors without a prefix, and with
+  ``sample.masked_logits_segments`` each loop's passes at its number of positions (the
+  segments ``sampling.iterative_decode`` runs)."""
   b, t = ids.shape[0], int(cfg.sample.num_steps)
   guided = float(cfg.sample.guidance_scale) != 1.0
+  segments = int(cfg.sample.masked_logits_segments)
   total = 0.0
   for s in specs:
     m = priors[s.branch]
     n_prefix = next((q.num_tokens for q in specs if q.branch == s.prefix), 0)
 
-    def fwd(p, tok, cls, m=m, s=s, n_prefix=n_prefix):
+    def fwd(p, tok, cls, pos, m=m, s=s, n_prefix=n_prefix):
       prefix = jnp.zeros((tok.shape[0], n_prefix), jnp.int32) if s.prefix else None
-      return m.apply({"params": p}, tok, cls, train=False, prefix=prefix)
+      return m.apply({"params": p}, tok, cls, train=False, prefix=prefix, positions=pos)
 
-    def cost(n, fwd=fwd, s=s):
+    def cost(n, cap=None, fwd=fwd, s=s):
+      pos = None if cap is None or cap >= s.num_tokens else jnp.zeros((n, cap), jnp.int32)
       return _flops(fwd, params[s.branch], jnp.zeros((n, s.num_tokens), jnp.int32),
-                    jnp.zeros((n,), jnp.int32))
+                    jnp.zeros((n,), jnp.int32), pos)
 
-    loop = cost(2 * b if guided else b)
-    first = cost(NUM_CLASSES + 1) if (not s.prefix and NUM_CLASSES + 1 < b) else loop
-    total += first + (t - 1) * loop
+    start = 1 if (not s.prefix and NUM_CLASSES + 1 < b) else 0
+    if start:
+      total += cost(NUM_CLASSES + 1)
+    runs = (sampling.query_segments(sampling.unknown_counts(t, s.num_tokens,
+                                                            cfg.sample.mask_schedule),
+                                    start, segments)
+            if segments else [(start, t, s.num_tokens)])
+    for a, z, cap in runs:
+      total += (z - a) * cost(2 * b if guided else b, cap)
   grids = {s.branch: jnp.zeros((b,) + tuple(s.grid), jnp.int32) for s in specs}
   total += _flops(lambda v, g: s1_model.apply(v, g, method="decode_tokens"), s1_vars, grids)
   return total

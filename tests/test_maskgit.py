@@ -256,3 +256,37 @@ def test_short_training_reduces_loss(tiny):
 
   before, after = map(float, train(params))
   assert after < 0.7 * before, (before, after)
+
+
+def test_take_rows_is_take_along_axis():
+  x = jax.random.normal(jax.random.key(0), (3, 7, 5))
+  idx = jnp.array([[6, 0, 2, 2], [1, 1, 1, 1], [5, 4, 3, 0]], jnp.int32)
+  got = jax.jit(maskgit.take_rows)(x, idx)
+  np.testing.assert_array_equal(got, jnp.take_along_axis(x, idx[..., None], axis=1))
+  assert got.shape == (3, 4, 5)
+
+
+@pytest.mark.parametrize("n_layers,prefix", [(1, False), (2, False), (2, True)])
+def test_logits_at_positions_equal_full_logits(n_layers, prefix):
+  """positions= gives the full call's logits at those positions; the other rows still act as
+  keys and values (changing a token that is not asked for changes the asked-for logits)."""
+  n_prefix, vocab = (3, 4) if prefix else (0, 0)
+  model = _tiny(n_layers=n_layers, num_prefix_tokens=n_prefix, prefix_vocab=vocab)
+  rng = np.random.default_rng(1)
+  tokens = jnp.asarray(rng.integers(0, K + 1, (4, N)), jnp.int32)
+  ids = jnp.array([0, 1, 2, 3], jnp.int32)
+  pre = jnp.asarray(rng.integers(0, vocab, (4, n_prefix)), jnp.int32) if prefix else None
+  params = model.init(jax.random.key(2), tokens, ids, prefix=pre)
+  params = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(3), a.shape),
+                        params)  # away from the small init, so every row matters
+  positions = jnp.array([[5, 0, 3], [1, 2, 4], [0, 0, 5], [4, 3, 2]], jnp.int32)
+  apply = jax.jit(lambda t, p=None: model.apply(params, t, ids, prefix=pre, positions=p))
+  full = apply(tokens)
+  part = apply(tokens, positions)
+  assert full.shape == (4, N, K) and part.shape == (4, 3, K) and part.dtype == jnp.float32
+  np.testing.assert_allclose(part, jnp.take_along_axis(full, positions[..., None], axis=1),
+                             rtol=1e-5, atol=1e-5)
+  other = tokens.at[0, 1].set((tokens[0, 1] + 1) % K)  # row 0 does not ask for position 1
+  assert not np.allclose(apply(other, positions)[0], part[0], atol=1e-4)
+  with pytest.raises(ValueError, match="positions must be"):
+    model.apply(params, tokens, ids, prefix=pre, positions=positions[:2])

@@ -216,3 +216,114 @@ def test_sample_categorical_matches_probabilities():
   np.testing.assert_array_equal(sampling.sample_categorical(jax.random.key(0), log_probs), s)
   onehot = jnp.log(jax.nn.one_hot(jnp.array([3, 0, 2]), 4))
   np.testing.assert_array_equal(sampling.sample_categorical(jax.random.key(1), onehot), [3, 0, 2])
+
+
+@pytest.mark.parametrize("n", [5, 40, 300])  # 300: the sorting path
+def test_stable_rank_and_inverse_permutation(n):
+  rng = np.random.default_rng(n)
+  x = rng.integers(0, 4, (6, n)).astype(np.float32)  # many ties
+  x[:, ::3] = np.inf
+  x[1, :2] = -np.inf
+  want = np.argsort(np.argsort(x, axis=-1, kind="stable"), axis=-1, kind="stable")
+  rank = jax.jit(sampling.stable_rank)(jnp.asarray(x))
+  assert rank.dtype == jnp.int32
+  np.testing.assert_array_equal(rank, want)
+  inv = jax.jit(sampling.inverse_permutation)(rank)
+  np.testing.assert_array_equal(inv, np.argsort(x, axis=-1, kind="stable"))
+  np.testing.assert_array_equal(np.take_along_axis(np.asarray(rank), np.asarray(inv), -1),
+                                np.broadcast_to(np.arange(n), (6, n)))
+
+
+@pytest.mark.parametrize("kind", maskgit.MASK_SCHEDULES)
+def test_unknown_counts_match_decoding(kind):
+  T = 7
+  decode = _decoder(num_steps=T, schedule=kind, return_history=True)
+  _, history = decode(jax.random.key(0), jnp.array([0, 1, 2], jnp.int32))
+  masked_before = np.concatenate([np.full((1, B), N), (np.asarray(history) == MASK).sum(-1)])
+  want = masked_before[:T]  # (T, B): [MASK] tokens at the start of each step
+  got = sampling.unknown_counts(T, N, kind)
+  np.testing.assert_array_equal(np.broadcast_to(got[:, None], want.shape), want)
+
+
+def test_query_segments_are_optimal():
+  unknown = np.array([40, 39, 38, 35, 32, 28, 23, 18, 12, 6])
+
+  def cost(runs):
+    return sum(c * (b - a) for a, b, c in runs)
+
+  def brute(start, k):  # every split of [start, T) into at most k runs
+    t_end, best = len(unknown), None
+    for m in range(1, k + 1):
+      for cuts in __import__("itertools").combinations(range(start + 1, t_end), m - 1):
+        edges = [start, *cuts, t_end]
+        runs = [(a, b, int(unknown[a])) for a, b in zip(edges[:-1], edges[1:])]
+        best = cost(runs) if best is None else min(best, cost(runs))
+    return best
+
+  for start in (0, 1):
+    for k in (1, 2, 3, 5, 10, 12):
+      runs = sampling.query_segments(unknown, start, k)
+      assert len(runs) <= k and runs[0][0] == start and runs[-1][1] == len(unknown)
+      assert all(r[1] == s[0] for r, s in zip(runs[:-1], runs[1:]))
+      assert all(c == unknown[a] >= unknown[b - 1] for a, b, c in runs)
+      assert cost(runs) == brute(start, k)
+  assert sampling.query_segments(unknown, 1, 1) == [(1, 10, 39)]
+  assert sampling.query_segments(unknown, 10, 3) == []
+  with pytest.raises(ValueError, match="max_segments"):
+    sampling.query_segments(unknown, 0, 0)
+
+
+def test_unknown_positions_and_scatter_back():
+  tokens = jnp.array([[MASK, 1, MASK, 2, MASK], [0, 1, 2, 3, MASK]], jnp.int32)
+  positions, rank = sampling.unknown_positions(tokens, MASK, 3)
+  np.testing.assert_array_equal(positions, [[0, 2, 4], [4, 0, 1]])
+  np.testing.assert_array_equal(rank, [[0, 3, 1, 4, 2], [1, 2, 3, 4, 0]])
+  values = jnp.arange(2 * 3 * 2, dtype=jnp.float32).reshape(2, 3, 2) + 1
+  full = np.asarray(sampling.scatter_positions(values, rank))
+  assert full.shape == (2, 5, 2)
+  for b in range(2):
+    for p in range(3):
+      np.testing.assert_array_equal(full[b, positions[b, p]], values[b, p])
+  np.testing.assert_array_equal(full[0, [1, 3]], 0.0)
+  np.testing.assert_array_equal(full[1, [2, 3]], 0.0)
+
+
+def _positions_logits_fn(tokens, class_ids, positions=None):
+  """A fake model whose logits depend on every token: the table, the class bonus, and a
+  term from the mean token id of the row."""
+  full = _table_logits_fn(tokens, class_ids) + 0.3 * jnp.sin(
+      jnp.mean(tokens, axis=-1, keepdims=True)[..., None] * jnp.arange(K))
+  if positions is None:
+    return full
+  return jnp.take_along_axis(full, positions[..., None], axis=1)
+
+
+@pytest.mark.parametrize("segments", [1, 2, 3, 20])
+@pytest.mark.parametrize("scale,first", [(1.0, None), (2.0, None), (1.0, 5), (2.0, 5)])
+def test_masked_logits_segments_decode_the_same_tokens(segments, scale, first):
+  """Asking only for the [MASK] positions' logits decodes the same tokens, with and without
+  guidance and the per-class first step; with the static counts from the schedule."""
+  ids = jnp.array([0, 1, 4, 1, 0, 0, 4, 1], jnp.int32)  # 8 rows > 5 ids: first step used
+  calls = []
+
+  def fn(tokens, class_ids, positions=None):
+    calls.append(None if positions is None else positions.shape[1])
+    return _positions_logits_fn(tokens, class_ids, positions)
+
+  def run(seg):
+    calls.clear()
+    out = jax.jit(lambda key: sampling.iterative_decode(
+        fn, key, ids, N, MASK, num_steps=8, guidance_scale=scale, null_class_id=K - 1,
+        return_history=True, first_step_class_ids=first,
+        masked_logits_segments=seg))(jax.random.key(4))
+    return out, list(calls)
+
+  (want, want_hist), _ = run(0)
+  (got, got_hist), got_calls = run(segments)
+  np.testing.assert_array_equal(got_hist, want_hist)
+  np.testing.assert_array_equal(got, want)
+  start = 0 if first is None else 1
+  runs = sampling.query_segments(sampling.unknown_counts(8, N), start, segments)
+  want_calls = ([None] if first is not None else []) + [
+      None if cap >= N else cap for _, _, cap in runs]
+  assert got_calls == want_calls  # one trace per loop; the per-class first step is full

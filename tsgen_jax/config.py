@@ -131,6 +131,9 @@ def base_config() -> ml_collections.ConfigDict:
   sm.choice_temperature = 4.0
   sm.mask_schedule = "cosine"  # 'cosine' | 'linear' | 'square'
   sm.batch_size = 256
+  # Decoding runs as at most this many fori_loops; each computes the last block and the head
+  # only at its steps' [MASK] positions (sampling.iterative_decode). 0: at every position.
+  sm.masked_logits_segments = 3
   sm.original_scale = False  # map samples back to the data's original scale
 
   c.eval = ev = ml_collections.ConfigDict()
@@ -156,6 +159,7 @@ _INTS = [
     ("stage2", "ff_mult", 1), ("stage2", "checkpoint_every", 1),
     ("stage2", "keep_checkpoints", 1), ("stage2", "log_every", 1),
     ("sample", "num_samples", 1), ("sample", "num_steps", 1), ("sample", "batch_size", 1),
+    ("sample", "masked_logits_segments", 0),
     ("eval", "fcn_steps", 1), ("eval", "cas_seeds", 1), ("eval", "rocket_kernels", 1),
 ]
 _POSITIVE = [("stage1", "lr"), ("stage2", "lr")]

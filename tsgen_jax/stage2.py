@@ -153,11 +153,12 @@ def make_train_step(priors, specs, s2_cfg, num_classes: int, tx):
 
 def _prefixed_logits_fn(model, params, prefix):
   """logits_fn for iterative_decode that tiles the prefix when guidance doubles the batch."""
-  def fn(tokens, class_ids):
+  def fn(tokens, class_ids, positions=None):
     p = prefix
     if p is not None and tokens.shape[0] != p.shape[0]:
       p = jnp.concatenate([p] * (tokens.shape[0] // p.shape[0]), axis=0)
-    return model.apply({"params": params}, tokens, class_ids, train=False, prefix=p)
+    return model.apply({"params": params}, tokens, class_ids, train=False, prefix=p,
+                       positions=positions)
   return fn
 
 
@@ -183,7 +184,8 @@ def make_sampler(priors, specs, stage1_model, sample_cfg, num_classes: int):
           choice_temperature=float(sample_cfg.choice_temperature),
           schedule=sample_cfg.mask_schedule, guidance_scale=scale,
           null_class_id=null if num_classes > 0 else None,
-          first_step_class_ids=None if s.prefix else num_classes + 1)
+          first_step_class_ids=None if s.prefix else num_classes + 1,
+          masked_logits_segments=int(sample_cfg.masked_logits_segments))
     grids = {s.branch: flat[s.branch].reshape(-1, *s.grid) for s in specs}
     x = stage1_model.apply(stage1_vars, grids, method="decode_tokens")
     return x, jnp.concatenate([flat[s.branch] for s in specs], axis=1)

@@ -47,6 +47,19 @@ class _Kernel(nn.Module):
     return self.param("kernel", lambda k, shape: init(k, flat).reshape(shape), self.shape)
 
 
+def take_rows(x: jax.Array, index: jax.Array) -> jax.Array:
+  """``x[b, index[b, p]]`` for x (B, S, F) and int index (B, P): (B, P, F).
+
+  The same values as ``jnp.take_along_axis(x, index[..., None], axis=1)``, gathered as whole
+  F-wide rows of the flattened (B * S, F) array: XLA:CPU runs that as row copies, where
+  ``take_along_axis`` gathers element by element (~10x slower here).
+  """
+  b, s = x.shape[:2]
+  flat = (index.astype(jnp.int32) + s * jnp.arange(b, dtype=jnp.int32)[:, None]).reshape(-1)
+  return jnp.take(x.reshape((b * s,) + x.shape[2:]), flat, axis=0,
+                  mode="clip").reshape(index.shape + x.shape[2:])
+
+
 class SelfAttention(nn.Module):
   """Multi-head self-attention computed one head at a time, in (B, S, d) layout throughout.
 
@@ -70,8 +83,13 @@ class SelfAttention(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
-    """x: (B, S, H) -> (B, S, features), in ``dtype``."""
+  def __call__(self, x: jax.Array, deterministic: bool = True,
+               queries: jax.Array | None = None) -> jax.Array:
+    """x: (B, S, H) -> (B, S, features), in ``dtype``.
+
+    With ``queries`` (B, P, H), only those rows make queries (the keys and values still come
+    from all S rows of ``x``), and the output is (B, P, features).
+    """
     h, feat = self.num_heads, self.features
     if feat % h:
       raise ValueError(f"features {feat} must be divisible by num_heads {h}")
@@ -79,9 +97,11 @@ class SelfAttention(nn.Module):
     w = {n: _Kernel((x.shape[-1], h, d), name=n)().astype(self.dtype)
          for n in ("query", "key", "value")}
     x = x.astype(self.dtype)
+    xq = x if queries is None else queries.astype(self.dtype)
     heads = []
     for i in range(h):
-      q, k, v = (jnp.einsum("bsm,md->bsd", x, w[n][:, i]) for n in ("query", "key", "value"))
+      q = jnp.einsum("bsm,md->bsd", xq, w["query"][:, i])
+      k, v = (jnp.einsum("bsm,md->bsd", x, w[n][:, i]) for n in ("key", "value"))
       logits = jnp.einsum("bqd,bkd->bqk", q / jnp.sqrt(jnp.asarray(d, q.dtype)), k)
       weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
       if self.dropout_rate > 0.0 and not deterministic:
@@ -108,11 +128,19 @@ class TransformerBlock(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    """x: (B, S, hidden_dim) -> (B, S, hidden_dim)."""
+  def __call__(self, x: jax.Array, train: bool = False,
+               query_index: jax.Array | None = None) -> jax.Array:
+    """x: (B, S, hidden_dim) -> (B, S, hidden_dim).
+
+    With ``query_index`` int (B, P) in [0, S), returns (B, P, hidden_dim): the block's output
+    at those rows only (attention over all S rows; queries, residual and MLP at the P rows).
+    """
     h = nn.RMSNorm(name="attn_norm")(x)
+    hq = None
+    if query_index is not None:
+      x, hq = (take_rows(a, query_index) for a in (x, h))
     h = SelfAttention(self.n_heads, self.hidden_dim, self.dropout, self.dtype,
-                      name="attn")(h, deterministic=not train)
+                      name="attn")(h, deterministic=not train, queries=hq)
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     x = x + h.astype(x.dtype)
 
@@ -162,7 +190,8 @@ class MaskGITTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: jax.Array, class_ids: jax.Array,
-               train: bool = False, prefix: jax.Array | None = None) -> jax.Array:
+               train: bool = False, prefix: jax.Array | None = None,
+               positions: jax.Array | None = None) -> jax.Array:
     """Logits over the codebook for every token position.
 
     Args:
@@ -172,14 +201,21 @@ class MaskGITTransformer(nn.Module):
       prefix: int (B, P) conditioning tokens in [0, prefix_vocab), never masked and never
         predicted (TimeVQVAE's HF prior sees the LF tokens this way); required iff
         ``num_prefix_tokens > 0``.
+      positions: optional int (B, P) token positions in [0, N). The logits are then computed
+        at those positions only: the last block makes queries, runs its MLP, the output norm
+        and the head there (every position still enters its attention as key and value), so
+        they equal the full call's logits at those positions up to float rounding. Sampling
+        uses it to skip positions whose tokens are already fixed.
 
     Returns:
-      float32 logits (B, N, K).
+      float32 logits (B, N, K), or (B, P, K) with ``positions``.
     """
     if tokens.ndim != 2 or tokens.shape[1] != self.num_tokens:
       raise ValueError(f"tokens must be (B, {self.num_tokens}), got {tokens.shape}")
     if class_ids.shape != tokens.shape[:1]:
       raise ValueError(f"class_ids must be ({tokens.shape[0]},), got {class_ids.shape}")
+    if positions is not None and (positions.ndim != 2 or positions.shape[0] != tokens.shape[0]):
+      raise ValueError(f"positions must be ({tokens.shape[0]}, P), got {positions.shape}")
 
     tok = nn.Embed(self.codebook_size + 1, self.code_dim, embedding_init=_EMBED_INIT,
                    name="token_embed")(tokens.astype(jnp.int32))
@@ -198,10 +234,23 @@ class MaskGITTransformer(nn.Module):
     pos = self.param("pos_embed", _EMBED_INIT, (self.num_tokens + n_ctx, self.hidden_dim))
     x = nn.Dropout(self.dropout, deterministic=not train)(x + pos[None])
 
+    # Rows the output is read from: the N token rows, or with `positions` the class row 0
+    # and then the requested token rows. Row 0 rides along (one extra row) so the last
+    # block's output, as in the full call, goes through a slice before the output norm:
+    # without it XLA:CPU fused the last block's out-projection, MLP, norm and head into one
+    # YNNPACK fusion, and the saving was lost (benchmarks/NOTES.md item 14).
+    rows = None
+    if positions is not None:
+      rows = positions.astype(jnp.int32) + n_ctx
+      rows = jnp.concatenate([jnp.zeros_like(rows[:, :1]), rows], axis=1)
+      n_ctx = 1
     for i in range(self.n_layers):
+      index = rows if i == self.n_layers - 1 else None
       x = TransformerBlock(self.hidden_dim, self.n_heads, self.ff_mult, self.dropout,
-                           dtype=self.dtype, name=f"block_{i}")(x, train=train)
-
+                           dtype=self.dtype, name=f"block_{i}")(x, train=train,
+                                                                query_index=index)
+    if rows is not None and not self.n_layers:
+      x = take_rows(x, rows)
     x = nn.RMSNorm(name="out_norm")(x[:, n_ctx:])
     logits = nn.Dense(self.codebook_size, dtype=self.dtype, name="head")(x)
     return logits.astype(jnp.float32)
