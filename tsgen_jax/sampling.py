@@ -1,6 +1,8 @@
 """MaskGIT iterative decoding with classifier-free guidance (REFERENCE.md, "Stage 2").
 
-Decoding starts from a fully masked sequence and runs ``T`` steps as one ``jax.lax.fori_loop``.
+Decoding starts from a fully masked sequence and runs ``T`` steps as one ``jax.lax.fori_loop``
+(or a few, each computing logits only at its steps' [MASK] positions:
+``masked_logits_segments``).
 At step ``t`` (0-based) every position is sampled from the (guided) logits, tokens fixed at
 earlier steps are kept, and the ``mask_schedule(t)`` least confident newly sampled positions
 are masked again, where
@@ -195,8 +197,7 @@ def query_segments(unknown: np.ndarray, start: int, max_segments: int
   if max_segments < 1:
     raise ValueError(f"max_segments must be >= 1, got {max_segments}")
   t_end = len(unknown)
-  steps = list(range(start, t_end))
-  if not steps:
+  if start >= t_end:
     return []
   inf = float("inf")
   # best[k][b]: least cost of covering [start, b) with k runs; prev[k][b]: the last run's start.
