@@ -95,11 +95,8 @@ def _sampler_flops(cfg, s1_model, s1_vars, specs, priors, params, ids) -> float:
     start = 1 if (not s.prefix and NUM_CLASSES + 1 < b) else 0
     if start:
       total += cost(NUM_CLASSES + 1)
-    runs = (sampling.query_segments(sampling.unknown_counts(t, s.num_tokens,
-                                                            cfg.sample.mask_schedule),
-                                    start, segments)
-            if segments else [(start, t, s.num_tokens)])
-    for a, z, cap in runs:
+    for a, z, cap in sampling.decode_loops(t, s.num_tokens, cfg.sample.mask_schedule, start,
+                                           segments):
       total += (z - a) * cost(2 * b if guided else b, cap)
   grids = {s.branch: jnp.zeros((b,) + tuple(s.grid), jnp.int32) for s in specs}
   total += _flops(lambda v, g: s1_model.apply(v, g, method="decode_tokens"), s1_vars, grids)

@@ -323,7 +323,8 @@ def test_masked_logits_segments_decode_the_same_tokens(segments, scale, first):
   np.testing.assert_array_equal(got_hist, want_hist)
   np.testing.assert_array_equal(got, want)
   start = 0 if first is None else 1
-  runs = sampling.query_segments(sampling.unknown_counts(8, N), start, segments)
+  runs = sampling.decode_loops(8, N, "cosine", start, segments)
+  assert runs == sampling.query_segments(sampling.unknown_counts(8, N), start, segments)
   want_calls = ([None] if first is not None else []) + [
       None if cap >= N else cap for _, _, cap in runs]
   assert got_calls == want_calls  # one trace per loop; the per-class first step is full

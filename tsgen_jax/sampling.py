@@ -219,6 +219,20 @@ def query_segments(unknown: np.ndarray, start: int, max_segments: int
   return runs[::-1]
 
 
+def decode_loops(num_steps: int, num_tokens: int, schedule: str, start: int,
+                 masked_logits_segments: int) -> list[tuple[int, int, int]]:
+  """The fori_loops :func:`iterative_decode` runs over steps ``[start, T)``: ``(a, b, cap)``
+  each, computing logits at ``cap`` positions per row (all N when ``cap == N``).
+
+  One loop at every position when ``masked_logits_segments`` is 0, else
+  :func:`query_segments` of :func:`unknown_counts`.
+  """
+  if not masked_logits_segments:
+    return [(start, num_steps, num_tokens)] if start < num_steps else []
+  return query_segments(unknown_counts(num_steps, num_tokens, schedule), start,
+                        int(masked_logits_segments))
+
+
 def unknown_positions(tokens: jax.Array, mask_id: int, cap: int):
   """Each row's [MASK] positions first, then its fixed ones, both in increasing order.
 
@@ -369,14 +383,10 @@ def iterative_decode(logits_fn: LogitsFn,
       logits0 = guided_logits(logits0, table[null_class_id][None], guidance_scale)
     tokens, history = update(0, logits0, (tokens, history))
     start = 1
-  if masked_logits_segments:
-    unknown = unknown_counts(num_steps, num_tokens, schedule)
-    carry = (tokens, history)
-    for a, b, cap in query_segments(unknown, start, int(masked_logits_segments)):
-      carry = jax.lax.fori_loop(a, b, body if cap >= num_tokens else masked_body(cap), carry)
-    tokens, history = carry
-  else:
-    tokens, history = jax.lax.fori_loop(start, num_steps, body, (tokens, history))
+  carry = (tokens, history)
+  for a, b, cap in decode_loops(num_steps, num_tokens, schedule, start, masked_logits_segments):
+    carry = jax.lax.fori_loop(a, b, body if cap >= num_tokens else masked_body(cap), carry)
+  tokens, history = carry
   return (tokens, history) if return_history else tokens
 
 
@@ -395,6 +405,6 @@ def model_logits_fn(model, variables) -> LogitsFn:
 __all__ = [
     "DECODE_STATIC_ARGNAMES", "mask_schedule_table", "mask_schedule", "guided_logits",
     "sample_categorical", "stable_rank", "inverse_permutation", "mask_by_confidence",
-    "unknown_counts", "query_segments",
+    "unknown_counts", "query_segments", "decode_loops",
     "unknown_positions", "scatter_positions", "iterative_decode", "model_logits_fn",
 ]
