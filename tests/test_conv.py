@@ -1,5 +1,7 @@
 """models/conv.py: the convolution whose weight gradient is summed over batch chunks."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -167,3 +169,99 @@ def test_phase_input_grad_only_where_it_applies():
   # A requested output dtype (e.g. float32 from bfloat16 operands) keeps autodiff's gradient.
   mixed = lambda *a, **k: fn(*a, **k, preferred_element_type=jnp.float32)  # noqa: E731
   assert "lhs_dilation=(1, 2)" in grad(mixed)
+
+
+@pytest.mark.parametrize("size,kernel,pad,expected", [
+    (1, 3, (1, 1), (1, 2)),  # the LF branch: the middle row only
+    (4, 3, (1, 1), (0, 3)),  # every tap reads data somewhere
+    (1, 2, (0, 1), (0, 1)),  # UpsampleTime's odd phase along time at width 1
+    (2, 5, (2, 2), (1, 4)),
+    (1, 4, (1, 2), (1, 2)),
+    (3, 1, (0, 0), (0, 1)),
+])
+def test_live_taps(size, kernel, pad, expected):
+  assert conv_lib.live_taps(size, kernel, *pad) == expected
+  # Independently: the taps k with some output o reading input o + k - pad_lo in [0, size).
+  n_out = size + sum(pad) - kernel + 1
+  live = [k for k in range(kernel)
+          if any(0 <= o + k - pad[0] < size for o in range(n_out))]
+  assert (live[0], live[-1] + 1) == expected
+
+
+@pytest.mark.parametrize("shape,kernel,strides,padding,dn", [
+    ((6, 1, 9, 4), (3, 3), (1, 1), ((1, 1), (1, 1)), NHWC),  # ResBlock conv at height 1
+    ((6, 1, 9, 4), (3, 4), (1, 2), ((1, 1), (1, 1)), NHWC),  # encoder conv, strided time
+    ((6, 1, 9, 4), (3, 2), (1, 1), ((1, 1), (0, 1)), NHWC),  # UpsampleTime's odd phase
+    ((6, 2, 3, 4), (5, 5), (1, 1), ((2, 2), (3, 1)), NHWC),  # both axes trimmed
+    ((6, 4, 1, 1), (3, 3), (1, 1), ((1, 1), (1, 1)), NCHW),
+    ((6, 4, 9, 4), (3, 3), (1, 1), ((1, 1), (1, 1)), NHWC),  # nothing to trim
+])
+@pytest.mark.parametrize("chunk", [0, 2])
+def test_trim_dead_taps_equals_padded_conv(shape, kernel, strides, padding, dn, chunk):
+  kx, kw, kg = jax.random.split(jax.random.key(3), 3)
+  x = jax.random.normal(kx, shape)
+  c_in = shape[-1] if dn == NHWC else shape[1]
+  w_shape = (*kernel, c_in, 5) if dn == NHWC else (5, c_in, *kernel)
+  w = jax.random.normal(kw, w_shape)
+  inner = conv_lib.chunked_wgrad_conv(chunk) if chunk else lax.conv_general_dilated
+  ref = _conv_fn(lax.conv_general_dilated, strides, padding, dn)
+  new = _conv_fn(conv_lib.trim_dead_taps(inner), strides, padding, dn)
+  y_ref, vjp_ref = jax.vjp(ref, x, w)
+  y_new, vjp_new = jax.vjp(new, x, w)
+  assert y_new.shape == y_ref.shape
+  np.testing.assert_allclose(y_new, y_ref, rtol=1e-5, atol=1e-5 * np.abs(y_ref).max())
+  cot = jax.random.normal(kg, y_ref.shape)
+  for g_new, g_ref in zip(vjp_new(cot), vjp_ref(cot)):
+    np.testing.assert_allclose(g_new, g_ref, rtol=1e-5, atol=1e-5 * np.abs(g_ref).max())
+  # A dead tap's weight gradient is exactly zero, as through the padded conv.
+  dead = np.asarray(vjp_new(cot)[1])
+  if shape[1] == 1 and dn == NHWC:
+    assert not dead[0].any() and not dead[-1].any()
+
+
+def test_trim_dead_taps_shrinks_the_compiled_convolution():
+  """The LF branch's 3 x 3 conv at height 1 reaches XLA with a 1 x 3 window and no padding
+  along the height. (XLA's cost analysis already leaves padding out of its FLOP count, so
+  the saving shows in the time only: the LF/HF step 277 -> 240 ms, benchmarks/NOTES.md.)"""
+  x = jnp.ones((8, 1, 16, 32))
+  w = jnp.ones((3, 3, 32, 32))
+  args = ((1, 1), ((1, 1), (1, 1)))
+  windows = {}
+  for name, fn in [("padded", lax.conv_general_dilated),
+                   ("trimmed", conv_lib.trim_dead_taps())]:
+    f = jax.jit(lambda x, w, fn=fn: fn(x, w, *args, dimension_numbers=NHWC))
+    hlo = f.lower(x, w).compile().as_text()
+    windows[name] = re.findall(r"window=\{size=(\S+) pad=(\S+)\}", hlo)
+  assert windows == {"padded": [("3x3", "1_1x1_1")], "trimmed": [("1x3", "0_0x1_1")]}
+
+
+def test_vqvae_lfhf_same_with_and_without_trimming(monkeypatch):
+  """The LF/HF VQ-VAE (its LF branch has height 1) gives the same outputs and parameter
+  gradients with the dead taps trimmed as through the padded convolutions."""
+  import tsgen_jax.models.vqvae as vqvae_lib
+  x = jax.random.normal(jax.random.key(4), (64, 1, 64))
+
+  def run(trim):
+    if not trim:
+      monkeypatch.setattr(vqvae_lib, "trim_dead_taps", lambda fn: fn)
+    model = VQVAE(num_channels=1, length=64, dim=8, n_resnet_blocks=1, codebook_size=8,
+                  lfhf=True, wgrad_chunk=8)
+    variables = jax.jit(lambda k: model.init(k, x, train=True))(jax.random.key(5))
+
+    def loss(params):
+      out, _ = model.apply({**variables, "params": params}, x, True,
+                           mutable=[k for k in variables if k != "params"])
+      return jnp.mean((out["x_hat"] - x) ** 2) + jnp.mean(out["lf/z_e"] ** 2), out["x_hat"]
+
+    (l, x_hat), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+    monkeypatch.undo()
+    return l, x_hat, g
+
+  (l0, x0, g0), (l1, x1, g1) = run(False), run(True)
+  np.testing.assert_allclose(l1, l0, rtol=1e-5)
+  np.testing.assert_allclose(x1, x0, rtol=1e-4, atol=1e-5)
+  assert jax.tree.structure(g1) == jax.tree.structure(g0)
+  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * max(float(jnp.abs(a).max()), 1e-3))
+  kernel = np.asarray(g1["lf"]["encoder"]["ResBlock_0"]["Conv_0"]["kernel"])
+  assert kernel.shape[0] == 3 and not kernel[0].any() and not kernel[2].any() and kernel[1].any()

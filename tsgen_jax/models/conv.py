@@ -18,6 +18,12 @@ in alternated A/Bs, item 9 of benchmarks/NOTES.md).
 
 :func:`chunked_wgrad_conv` returns a drop-in for ``lax.conv_general_dilated`` that flax's
 ``nn.Conv(conv_general_dilated=...)`` accepts; parameters and their names are unchanged.
+
+:func:`trim_dead_taps` wraps such a function so that kernel taps which only ever meet zero
+padding are left out of the convolution: a 3 x 3 kernel with padding 1 over an input of height
+1 (the LF branch of ``lfhf=True`` sees one frequency row) uses only its middle row, so XLA would
+otherwise spend two thirds of that convolution's multiplications on zeros. The result is the
+same sum without the zero terms, and those taps' gradient stays exactly zero.
 """
 
 from __future__ import annotations
@@ -112,6 +118,54 @@ def chunked_wgrad_conv(rows: int, phase_input_grad: bool = True):
 
     f.defvjp(f_fwd, f_bwd)
     return f(lhs, rhs)
+
+  return conv
+
+
+def live_taps(size: int, kernel: int, pad_lo: int, pad_hi: int) -> tuple[int, int]:
+  """Taps [first, stop) of a stride-1, undilated kernel axis that read some input element.
+
+  Output o reads input o + k - pad_lo through tap k, for o in [0, size + pad_lo + pad_hi -
+  kernel + 1); tap k meets only padding when that index is outside [0, size) for every o.
+  E.g. size 1, kernel 3, padding (1, 1): (1, 2), the middle tap only.
+  """
+  n_out = size + pad_lo + pad_hi - kernel + 1
+  return max(0, pad_lo - n_out + 1), min(kernel, size + pad_lo)
+
+
+@functools.lru_cache(maxsize=None)
+def trim_dead_taps(conv_fn=lax.conv_general_dilated):
+  """Wraps a ``lax.conv_general_dilated``-like function so that the kernel taps which meet
+  only zero padding (:func:`live_taps`, along stride-1 undilated axes with explicit
+  non-negative padding) are sliced off the kernel and the padding shrunk to match.
+
+  The output has the same shape and value (the same sums less terms that are exactly zero;
+  float rounding may differ with the summation order). The gradient of a dropped tap is
+  exactly zero, as it is through the padded convolution. Other arguments pass through.
+  """
+
+  def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+           dimension_numbers=None, **kwargs):
+    call = functools.partial(conv_fn, window_strides=window_strides,
+                             lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+                             dimension_numbers=dimension_numbers, **kwargs)
+    if (isinstance(padding, str) or any(d != 1 for d in (lhs_dilation or ()))
+        or any(d != 1 for d in (rhs_dilation or ()))):
+      return call(lhs, rhs, padding=padding)
+    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    new_padding = []
+    for i, (lo, hi) in enumerate(padding):
+      a_in, a_k = dn.lhs_spec[2 + i], dn.rhs_spec[2 + i]
+      size, k = lhs.shape[a_in], rhs.shape[a_k]
+      if window_strides[i] == 1 and lo >= 0 and hi >= 0 and size + lo + hi >= k:
+        first, stop = live_taps(size, k, lo, hi)
+        if 0 < stop - first < k:
+          n_out = size + lo + hi - k + 1
+          rhs = lax.slice_in_dim(rhs, first, stop, axis=a_k)
+          lo = lo - first
+          hi = n_out - 1 - size - lo + (stop - first)
+      new_padding.append((lo, hi))
+    return call(lhs, rhs, padding=new_padding)
 
   return conv
 
