@@ -159,11 +159,9 @@ def trim_dead_taps(conv_fn=lax.conv_general_dilated):
       size, k = lhs.shape[a_in], rhs.shape[a_k]
       if window_strides[i] == 1 and lo >= 0 and hi >= 0 and size + lo + hi >= k:
         first, stop = live_taps(size, k, lo, hi)
-        if 0 < stop - first < k:
-          n_out = size + lo + hi - k + 1
+        if 0 < stop - first < k:  # each tap dropped at an end is one padding row fewer there
           rhs = lax.slice_in_dim(rhs, first, stop, axis=a_k)
-          lo = lo - first
-          hi = n_out - 1 - size - lo + (stop - first)
+          lo, hi = lo - first, hi - (k - stop)
       new_padding.append((lo, hi))
     return call(lhs, rhs, padding=new_padding)
 
