@@ -25,11 +25,8 @@ def steps(variant: str, batch: int, rounds: int) -> tuple[dict, dict]:
   runs, gflop = {}, {}
   for form, wrap in FORMS.items():
     with mock.patch.object(vqvae_lib, "trim_dead_taps", wrap):
-      jitted, state, (b, rng) = stage1_bench.build(variant, batch)
-      compiled, _, flops, _ = common.compile_fn(jitted, state, b, rng)
+      _, flops, runs[form] = stage1_bench.warm_step(variant, batch)
     gflop[form] = (flops or 0.0) / 1e9
-    runs[form] = common.stateful_call(compiled, state, b, rng)
-    runs[form]()  # warm-up
   return common.alternate_calls(runs, rounds), gflop
 
 

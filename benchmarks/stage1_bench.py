@@ -52,6 +52,17 @@ def build_from_config(cfg):
   return jitted, state, (b, rng)
 
 
+def warm_step(variant: str, batch: int, length: int = 128):
+  """(compiled, flops or None, call) for the stage-1 step of ``variant``: ``call()`` runs one
+  step on carried state (``common.stateful_call``) and has run once already. The A/B scripts
+  build each form under their patches with it, then alternate the calls."""
+  jitted, state, (b, rng) = build(variant, batch, length)
+  compiled, _, flops, _ = common.compile_fn(jitted, state, b, rng)
+  call = common.stateful_call(compiled, state, b, rng)
+  call()  # warm-up
+  return compiled, flops, call
+
+
 def bench(variant: str, batch: int, length: int = 128, name=None, iters=common.DEFAULT_ITERS,
           peak_gflops=None, matmul_dtype="float32"):
   jitted, state, args = build(variant, batch, length, matmul_dtype)

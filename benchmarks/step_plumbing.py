@@ -37,12 +37,9 @@ def steps(variant: str, batch: int, rounds: int) -> dict:
     opts = {"xla_cpu_copy_insertion_use_region_analysis": True} if options else {}
     with mock.patch.object(stage1, "grad_norm_fn", lambda ssl: norm), \
          mock.patch.object(trainer, "step_compiler_options", lambda *a, **k: opts):
-      jitted, state, (b, rng) = stage1_bench.build(variant, batch)
-      compiled, _, _, _ = common.compile_fn(jitted, state, b, rng)
+      compiled, _, runs[form] = stage1_bench.warm_step(variant, batch)
     copies = compiled.as_text().count("copy(%state_params")
     print(f"{variant} {form}: {copies} parameter copies", flush=True)
-    runs[form] = common.stateful_call(compiled, state, b, rng)
-    runs[form]()  # warm-up
   return common.alternate_calls(runs, rounds)
 
 

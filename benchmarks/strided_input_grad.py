@@ -29,10 +29,7 @@ def steps(variant: str, batch: int, rounds: int) -> dict:
   for form, by_phase in FORMS.items():
     conv = lambda rows, p=by_phase: conv_lib.chunked_wgrad_conv(rows, p)  # noqa: E731
     with mock.patch.object(vqvae_lib, "chunked_wgrad_conv", conv):
-      jitted, state, (b, rng) = stage1_bench.build(variant, batch)
-      compiled, _, _, _ = common.compile_fn(jitted, state, b, rng)
-    runs[form] = common.stateful_call(compiled, state, b, rng)
-    runs[form]()  # warm-up
+      _, _, runs[form] = stage1_bench.warm_step(variant, batch)
   return common.alternate_calls(runs, rounds)
 
 
