@@ -18,7 +18,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from tsgen_jax import stft as stft_lib
 from tsgen_jax.models.conv import chunked_wgrad_conv, resolve_rows, trim_dead_taps
@@ -47,8 +46,8 @@ def _bn(train):
 def _conv(features, kernel_size, wgrad_chunk: int, **kwargs):
   """nn.Conv whose weight gradient is summed over batch chunks of ``wgrad_chunk`` rows
   (0: XLA's own) and whose kernel taps that meet only padding are skipped (models/conv.py)."""
-  fn = chunked_wgrad_conv(wgrad_chunk) if wgrad_chunk else lax.conv_general_dilated
-  return nn.Conv(features, kernel_size, conv_general_dilated=trim_dead_taps(fn), **kwargs)
+  return nn.Conv(features, kernel_size,
+                 conv_general_dilated=trim_dead_taps(chunked_wgrad_conv(wgrad_chunk)), **kwargs)
 
 
 class ResBlock(nn.Module):
