@@ -1,5 +1,7 @@
 """Tests for the MaskGIT transformer prior and its training helpers."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -290,3 +292,93 @@ def test_logits_at_positions_equal_full_logits(n_layers, prefix):
   assert not np.allclose(apply(other, positions)[0], part[0], atol=1e-4)
   with pytest.raises(ValueError, match="positions must be"):
     model.apply(params, tokens, ids, prefix=pre, positions=positions[:2])
+
+
+def _random_params(model, tokens, ids, pre):
+  params = model.init(jax.random.key(2), tokens, ids, prefix=pre)
+  return jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(3), a.shape),
+                      params)
+
+
+@pytest.mark.parametrize("n_layers,prefix,positions,dtype", [
+    (1, False, False, jnp.float32), (2, True, False, jnp.float32),
+    (1, True, True, jnp.float32), (3, False, True, jnp.float32),
+    (2, True, True, jnp.bfloat16)])
+def test_first_block_table_gives_the_same_logits(n_layers, prefix, positions, dtype):
+  """The first block's norm and q/k/v projections run on the table of distinct input rows
+  and gathered: the logits of the direct computation, with prefix tokens, at positions=
+  (the last block's query rows, the first block's when there is one block) and in bf16."""
+  n_prefix, vocab = (3, 4) if prefix else (0, 0)
+  kw = dict(n_layers=n_layers, num_prefix_tokens=n_prefix, prefix_vocab=vocab, dtype=dtype)
+  direct, tabled = _tiny(first_block_table=False, **kw), _tiny(first_block_table=True, **kw)
+  rng = np.random.default_rng(1)
+  tokens = jnp.asarray(rng.integers(0, K + 1, (4, N)), jnp.int32)
+  ids = jnp.array([0, 1, 2, 3], jnp.int32)
+  pre = jnp.asarray(rng.integers(0, vocab, (4, n_prefix)), jnp.int32) if prefix else None
+  params = _random_params(direct, tokens, ids, pre)
+  where = jnp.array([[5, 0, 3], [1, 2, 4], [0, 0, 5], [4, 3, 2]], jnp.int32) if positions \
+      else None
+  want, got = (jax.jit(lambda t, m=m: m.apply(params, t, ids, prefix=pre, positions=where))(
+      tokens) for m in (direct, tabled))
+  assert got.shape == want.shape == (4, 3 if positions else N, K)
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+  # Every input row still matters: another token, prefix token or class changes the output.
+  for t, c, p in ((tokens.at[1, 2].set((tokens[1, 2] + 1) % K), ids, pre),
+                  (tokens, ids.at[1].set(0), pre)) + (
+                      ((tokens, ids, pre.at[1, 0].add(1) % vocab),) if prefix else ()):
+    assert not np.allclose(tabled.apply(params, t, c, prefix=p, positions=where)[1], got[1],
+                           atol=1e-3)
+
+
+def _table_in_jaxpr(model, batch, train=False):
+  """Whether the first block's query projection runs on table rows: a (T, hidden) @ (hidden,
+  d) dot, T = (C + 1) + N (K + 1) (no prefix here)."""
+  tokens = jnp.zeros((batch, N), jnp.int32)
+  ids = jnp.zeros((batch,), jnp.int32)
+  params = model.init(jax.random.key(0), tokens, ids)
+  jaxpr = jax.make_jaxpr(lambda p: model.apply(
+      p, tokens, ids, train=train, rngs={"dropout": jax.random.key(1)}))(params)
+  return f"f32[{C + 1 + N * (K + 1)},16]" in str(jaxpr)  # hidden 32, 2 heads: d = 16
+
+
+def test_first_block_table_only_where_it_saves_work_and_not_with_dropout():
+  rows = C + 1 + N * (K + 1)  # 58 distinct input rows; a batch of B has B * 7 positions
+  auto = _tiny()
+  assert not _table_in_jaxpr(auto, rows // (N + 1))  # 8 * 7 = 56 < 58 rows
+  assert _table_in_jaxpr(auto, rows // (N + 1) + 1)  # 63 > 58
+  assert _table_in_jaxpr(auto, 64, train=True)
+  assert _table_in_jaxpr(_tiny(first_block_table=True), 1)
+  assert not _table_in_jaxpr(_tiny(first_block_table=False), 64)
+  assert not _table_in_jaxpr(_tiny(first_block_table=True, dropout=0.1), 64, train=True)
+  assert _table_in_jaxpr(_tiny(first_block_table=True, dropout=0.1), 64, train=False)
+
+
+@pytest.mark.parametrize("prefix", [False, True])
+def test_first_block_table_gives_the_same_gradients(prefix):
+  """In training (no dropout) the gathered rows' gradients are summed back per table row:
+  every parameter's gradient of the masked-token loss equals the direct computation's."""
+  n_prefix, vocab = (3, 4) if prefix else (0, 0)
+  kw = dict(n_layers=2, num_prefix_tokens=n_prefix, prefix_vocab=vocab)
+  direct, tabled = _tiny(first_block_table=False, **kw), _tiny(first_block_table=True, **kw)
+  rng = np.random.default_rng(5)
+  tokens = jnp.asarray(rng.integers(0, K + 1, (6, N)), jnp.int32)
+  target = jnp.asarray(rng.integers(0, K, (6, N)), jnp.int32)
+  ids = jnp.asarray(rng.integers(0, C + 1, (6,)), jnp.int32)
+  pre = jnp.asarray(rng.integers(0, vocab, (6, n_prefix)), jnp.int32) if prefix else None
+  params = _random_params(direct, tokens, ids, pre)
+
+  def grads(model):
+    def loss(p):
+      logits = model.apply(p, tokens, ids, train=True, prefix=pre)
+      return maskgit.masked_token_loss(logits, target, tokens == K)
+    return jax.jit(jax.grad(loss))(params)
+
+  want, got = grads(direct), grads(tabled)
+  for path, g in jax.tree_util.tree_leaves_with_path(got):
+    w = functools.reduce(lambda t, k: t[k.key], path, want)
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+  # Not vacuous: the embeddings and the first block's projections get gradient.
+  inner = got["params"]
+  assert np.abs(inner["token_embed"]["embedding"]).sum() > 0
+  assert np.abs(inner["block_0"]["attn"]["query"]["kernel"]).sum() > 0

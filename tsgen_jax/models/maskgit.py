@@ -47,6 +47,15 @@ class _Kernel(nn.Module):
     return self.param("kernel", lambda k, shape: init(k, flat).reshape(shape), self.shape)
 
 
+def take_table_rows(table: jax.Array, index: jax.Array) -> jax.Array:
+  """``table[index]`` for table (T, F) and int index of any shape: index.shape + (F,).
+
+  Gathered as whole F-wide rows (as :func:`take_rows`); out-of-range indices are clipped.
+  """
+  flat = jnp.take(table, index.astype(jnp.int32).reshape(-1), axis=0, mode="clip")
+  return flat.reshape(index.shape + table.shape[1:])
+
+
 def take_rows(x: jax.Array, index: jax.Array) -> jax.Array:
   """``x[b, index[b, p]]`` for x (B, S, F) and int index (B, P): (B, P, F).
 
@@ -84,11 +93,17 @@ class SelfAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool = True,
-               queries: jax.Array | None = None) -> jax.Array:
+               queries: jax.Array | None = None, index: jax.Array | None = None,
+               query_index: jax.Array | None = None) -> jax.Array:
     """x: (B, S, H) -> (B, S, features), in ``dtype``.
 
     With ``queries`` (B, P, H), only those rows make queries (the keys and values still come
     from all S rows of ``x``), and the output is (B, P, features).
+
+    With ``index`` int (B, S), ``x`` is instead a (T, H) table of distinct rows and the input
+    is ``x[index]``: each projection is computed once per table row and its rows gathered
+    (:func:`take_table_rows`). ``query_index`` (B, P), also into the table, then picks the
+    query rows (default ``index``); ``queries`` must be None.
     """
     h, feat = self.num_heads, self.features
     if feat % h:
@@ -97,11 +112,22 @@ class SelfAttention(nn.Module):
     w = {n: _Kernel((x.shape[-1], h, d), name=n)().astype(self.dtype)
          for n in ("query", "key", "value")}
     x = x.astype(self.dtype)
-    xq = x if queries is None else queries.astype(self.dtype)
+    if index is not None:
+      if queries is not None:
+        raise ValueError("queries must be None when x is a table (index given)")
+      query_index = index if query_index is None else query_index
+
+      def project(rows, n, i):
+        return take_table_rows(jnp.dot(x, w[n][:, i]), rows)
+    else:
+      xq = x if queries is None else queries.astype(self.dtype)
+
+      def project(rows, n, i):
+        return jnp.einsum("bsm,md->bsd", rows, w[n][:, i])
     heads = []
     for i in range(h):
-      q = jnp.einsum("bsm,md->bsd", xq, w["query"][:, i])
-      k, v = (jnp.einsum("bsm,md->bsd", x, w[n][:, i]) for n in ("key", "value"))
+      q = project(xq if index is None else query_index, "query", i)
+      k, v = (project(x if index is None else index, n, i) for n in ("key", "value"))
       logits = jnp.einsum("bqd,bkd->bqk", q / jnp.sqrt(jnp.asarray(d, q.dtype)), k)
       weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
       if self.dropout_rate > 0.0 and not deterministic:
@@ -129,18 +155,29 @@ class TransformerBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False,
-               query_index: jax.Array | None = None) -> jax.Array:
+               query_index: jax.Array | None = None,
+               table_index: jax.Array | None = None) -> jax.Array:
     """x: (B, S, hidden_dim) -> (B, S, hidden_dim).
 
     With ``query_index`` int (B, P) in [0, S), returns (B, P, hidden_dim): the block's output
     at those rows only (attention over all S rows; queries, residual and MLP at the P rows).
+
+    With ``table_index`` int (B, S), ``x`` is a (T, hidden_dim) table of distinct rows and the
+    block's input is ``x[table_index]``: the attention norm and the query/key/value
+    projections run once per table row (see ``MaskGITTransformer.first_block_table``).
     """
     h = nn.RMSNorm(name="attn_norm")(x)
-    hq = None
-    if query_index is not None:
-      x, hq = (take_rows(a, query_index) for a in (x, h))
-    h = SelfAttention(self.n_heads, self.hidden_dim, self.dropout, self.dtype,
-                      name="attn")(h, deterministic=not train, queries=hq)
+    attn = SelfAttention(self.n_heads, self.hidden_dim, self.dropout, self.dtype, name="attn")
+    if table_index is not None:
+      rows = table_index if query_index is None else jnp.take_along_axis(
+          table_index, query_index.astype(jnp.int32), axis=1)
+      x = take_table_rows(x, rows)
+      h = attn(h, deterministic=not train, index=table_index, query_index=rows)
+    else:
+      hq = None
+      if query_index is not None:
+        x, hq = (take_rows(a, query_index) for a in (x, h))
+      h = attn(h, deterministic=not train, queries=hq)
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     x = x + h.astype(x.dtype)
 
@@ -164,6 +201,15 @@ class MaskGITTransformer(nn.Module):
       ``hidden_dim`` by a Dense layer.
     dtype: matmul computation dtype (e.g. ``jnp.bfloat16``); parameters stay float32 and the
       logits are returned as float32.
+    first_block_table: the first block's input rows take few distinct values: each is a
+      class id's, a (prefix token, place) pair's or a (token id, position) pair's embedding
+      plus its position embedding, (C + 1) + P * prefix_vocab + N * (K + 1) rows in all (1323
+      for K = 32, N = 40, C = 2). With this on, the embeddings, the first block's attention
+      norm and its query/key/value projections run once per such row and are gathered (in
+      the backward pass, their gradients summed per row), instead of once per position of
+      the batch: the same logits and gradients up to float rounding. None (default): when the
+      table has fewer rows than the batch has positions; True: always; False: never. Not in
+      training with ``dropout > 0``, whose input dropout makes every row distinct.
   """
   codebook_size: int
   num_tokens: int
@@ -177,6 +223,7 @@ class MaskGITTransformer(nn.Module):
   num_prefix_tokens: int = 0  # conditioning tokens (e.g. LF tokens for the HF prior)
   prefix_vocab: int = 0
   dtype: Any = jnp.float32
+  first_block_table: bool | None = None
 
   @property
   def mask_id(self) -> int:
@@ -217,22 +264,37 @@ class MaskGITTransformer(nn.Module):
     if positions is not None and (positions.ndim != 2 or positions.shape[0] != tokens.shape[0]):
       raise ValueError(f"positions must be ({tokens.shape[0]}, P), got {positions.shape}")
 
+    n_ctx = 1 + self.num_prefix_tokens
+    n_rows = (self.num_classes + 1 + self.num_prefix_tokens * self.prefix_vocab
+              + self.num_tokens * (self.codebook_size + 1))
+    table = (not train or self.dropout == 0.0) and self.n_layers > 0 and (
+        n_rows < tokens.shape[0] * (n_ctx + self.num_tokens)
+        if self.first_block_table is None else self.first_block_table)
+    ids = {"class": class_ids[:, None], "prefix": prefix, "token": tokens}
+    if table:  # every value each input row can take, in place of the batch's ids
+      vocab = {"class": self.num_classes + 1, "prefix": self.prefix_vocab,
+               "token": self.codebook_size + 1}
+      ids = {k: None if v is None else jnp.arange(vocab[k], dtype=jnp.int32)[None]
+             for k, v in ids.items()}
     tok = nn.Embed(self.codebook_size + 1, self.code_dim, embedding_init=_EMBED_INIT,
-                   name="token_embed")(tokens.astype(jnp.int32))
+                   name="token_embed")(ids["token"].astype(jnp.int32))
     tok = nn.Dense(self.hidden_dim, dtype=self.dtype, name="token_proj")(tok)
     cls = nn.Embed(self.num_classes + 1, self.hidden_dim, embedding_init=_EMBED_INIT,
-                   name="class_embed")(class_ids.astype(jnp.int32))
-    parts = [cls[:, None, :]]
+                   name="class_embed")(ids["class"].astype(jnp.int32))
+    parts = [cls]
     if self.num_prefix_tokens:
       pre = nn.Embed(self.prefix_vocab, self.code_dim, embedding_init=_EMBED_INIT,
-                     name="prefix_embed")(prefix.astype(jnp.int32))
+                     name="prefix_embed")(ids["prefix"].astype(jnp.int32))
       parts.append(nn.Dense(self.hidden_dim, dtype=self.dtype, name="prefix_proj")(pre)
                    .astype(jnp.float32))
     parts.append(tok.astype(jnp.float32))
-    x = jnp.concatenate(parts, axis=1)  # (B, 1 + P + N, H)
-    n_ctx = 1 + self.num_prefix_tokens
     pos = self.param("pos_embed", _EMBED_INIT, (self.num_tokens + n_ctx, self.hidden_dim))
-    x = nn.Dropout(self.dropout, deterministic=not train)(x + pos[None])
+    table_index = None
+    if table:
+      x, table_index = _input_table(parts, pos, class_ids, prefix, tokens)
+    else:
+      x = jnp.concatenate(parts, axis=1)  # (B, 1 + P + N, H)
+      x = nn.Dropout(self.dropout, deterministic=not train)(x + pos[None])
 
     # Rows the output is read from: the N token rows, or with `positions` the class row 0
     # and then the requested token rows. Row 0 rides along (one extra row) so the last
@@ -247,13 +309,39 @@ class MaskGITTransformer(nn.Module):
     for i in range(self.n_layers):
       index = rows if i == self.n_layers - 1 else None
       x = TransformerBlock(self.hidden_dim, self.n_heads, self.ff_mult, self.dropout,
-                           dtype=self.dtype, name=f"block_{i}")(x, train=train,
-                                                                query_index=index)
+                           dtype=self.dtype, name=f"block_{i}")(
+                               x, train=train, query_index=index,
+                               table_index=table_index if i == 0 else None)
     if rows is not None and not self.n_layers:
       x = take_rows(x, rows)
     x = nn.RMSNorm(name="out_norm")(x[:, n_ctx:])
     logits = nn.Dense(self.codebook_size, dtype=self.dtype, name="head")(x)
     return logits.astype(jnp.float32)
+
+
+def _input_table(parts, pos, class_ids, prefix, tokens):
+  """The first block's input as a table of distinct rows and each position's row in it.
+
+  Args:
+    parts: the embedded vocabularies, float32 (1, V, H) each: class ids, then (if any) prefix
+      tokens, then stage-1 token ids (the [MASK] id included).
+    pos: (S, H) position embeddings, S = 1 + P + N.
+    class_ids, prefix, tokens: int (B,), (B, P) or None, (B, N): the batch's ids.
+
+  Returns:
+    ``(table, index)``: float32 (T, H), every vocabulary entry plus every position embedding
+    of its part (row ``offset + place * V + id``), and int32 (B, S) with ``table[index]``
+    equal to the embedded batch plus ``pos``.
+  """
+  ids = [class_ids[:, None]] + ([prefix] if prefix is not None else []) + [tokens]
+  rows, index, offset, start = [], [], 0, 0
+  for part, part_ids in zip(parts, ids):
+    vocab, places = part.shape[1], part_ids.shape[1]
+    rows.append((part + pos[start:start + places, None]).reshape(-1, part.shape[-1]))
+    index.append(offset + vocab * jnp.arange(places, dtype=jnp.int32)
+                 + part_ids.astype(jnp.int32))
+    offset, start = offset + vocab * places, start + places
+  return jnp.concatenate(rows, axis=0), jnp.concatenate(index, axis=1)
 
 
 def init_token_embeddings(params, codebook: jax.Array):
