@@ -49,19 +49,28 @@ def bench_train(batch: int, peak_gflops=None, iters=common.DEFAULT_ITERS, lfhf: 
 
 def bench_sample(num: int, steps: int, scale: float, peak_gflops=None,
                  iters=common.DEFAULT_ITERS):
+  """Samples ``num`` series as the pipeline does (``stage2.generate``: sampler calls of
+  ``sample.batch_size`` class ids each, the default config's) and times the whole."""
   cfg, s1_model, s1_vars, specs, priors, state, _ = _setup(256)
   cfg.sample.num_steps = steps
   cfg.sample.guidance_scale = scale
+  chunk = int(cfg.sample.batch_size)
   sampler = stage2.make_sampler(priors, specs, s1_model, cfg.sample, NUM_CLASSES)
-  ids = jnp.asarray(np.arange(num) % NUM_CLASSES, jnp.int32)
+  ids = np.arange(num) % NUM_CLASSES
   name = f"sample_{num}_t{steps}_s{scale:g}"
   # XLA's cost analysis counts a fori_loop body once, so count the sampler's flops from its
   # parts: the transformer passes it makes (see sampling.iterative_decode) plus the decoder.
-  flops = _sampler_flops(cfg, s1_model, s1_vars, specs, priors, state.params, ids)
-  r = common.bench_pure(name, sampler, (state.params, s1_vars, jax.random.key(3), ids), iters,
-                        peak_gflops, flops=flops,
-                        gflop_note="T transformer passes per prior (each at its step's "
-                                   "positions) + decoder")
+  calls = -(-num // chunk)
+  flops = calls * _sampler_flops(cfg, s1_model, s1_vars, specs, priors, state.params,
+                                 jnp.asarray(ids[:chunk], jnp.int32))
+  compiled, compile_s, _, mem = common.compile_fn(
+      sampler, state.params, s1_vars, jax.random.key(3), jnp.asarray(ids[:chunk], jnp.int32))
+  times = common.time_calls(lambda: stage2.generate(compiled, state.params, s1_vars, ids, chunk,
+                                                    jax.random.key(3)), iters)
+  r = common.row(name, times, flops, compile_s, mem, peak_gflops,
+                 gflop_note=f"{calls} sampler calls of {chunk} (sample.batch_size): T "
+                            "transformer passes per prior (each at its step's positions) + "
+                            "decoder")
   r["series_per_s"] = round(num / (r["median_ms"] / 1e3), 1)
   return r
 

@@ -323,6 +323,10 @@ def test_first_block_table_gives_the_same_logits(n_layers, prefix, positions, dt
   assert got.shape == want.shape == (4, 3 if positions else N, K)
   tol = 1e-5 if dtype == jnp.float32 else 2e-2
   np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+  if not prefix:  # a prefix passed to a model without prefix tokens is ignored, as before
+    np.testing.assert_array_equal(
+        tabled.apply(params, tokens, ids, prefix=jnp.zeros((4, 2), jnp.int32),
+                     positions=where), tabled.apply(params, tokens, ids, positions=where))
   # Every input row still matters: another token, prefix token or class changes the output.
   for t, c, p in ((tokens.at[1, 2].set((tokens[1, 2] + 1) % K), ids, pre),
                   (tokens, ids.at[1].set(0), pre)) + (

@@ -291,7 +291,8 @@ class MaskGITTransformer(nn.Module):
     pos = self.param("pos_embed", _EMBED_INIT, (self.num_tokens + n_ctx, self.hidden_dim))
     table_index = None
     if table:
-      x, table_index = _input_table(parts, pos, class_ids, prefix, tokens)
+      x, table_index = _input_table(parts, pos, class_ids,
+                                    prefix if self.num_prefix_tokens else None, tokens)
     else:
       x = jnp.concatenate(parts, axis=1)  # (B, 1 + P + N, H)
       x = nn.Dropout(self.dropout, deterministic=not train)(x + pos[None])
