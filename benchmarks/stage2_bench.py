@@ -54,17 +54,16 @@ def bench_sample(num: int, steps: int, scale: float, peak_gflops=None,
   cfg, s1_model, s1_vars, specs, priors, state, _ = _setup(256)
   cfg.sample.num_steps = steps
   cfg.sample.guidance_scale = scale
-  chunk = int(cfg.sample.batch_size)
+  chunk = min(int(cfg.sample.batch_size), num)
   sampler = stage2.make_sampler(priors, specs, s1_model, cfg.sample, NUM_CLASSES)
   ids = np.arange(num) % NUM_CLASSES
   name = f"sample_{num}_t{steps}_s{scale:g}"
   # XLA's cost analysis counts a fori_loop body once, so count the sampler's flops from its
   # parts: the transformer passes it makes (see sampling.iterative_decode) plus the decoder.
-  calls = -(-num // chunk)
-  flops = calls * _sampler_flops(cfg, s1_model, s1_vars, specs, priors, state.params,
-                                 jnp.asarray(ids[:chunk], jnp.int32))
-  compiled, compile_s, _, mem = common.compile_fn(
-      sampler, state.params, s1_vars, jax.random.key(3), jnp.asarray(ids[:chunk], jnp.int32))
+  calls, first = -(-num // chunk), jnp.asarray(ids[:chunk], jnp.int32)
+  flops = calls * _sampler_flops(cfg, s1_model, s1_vars, specs, priors, state.params, first)
+  compiled, compile_s, _, mem = common.compile_fn(sampler, state.params, s1_vars,
+                                                  jax.random.key(3), first)
   times = common.time_calls(lambda: stage2.generate(compiled, state.params, s1_vars, ids, chunk,
                                                     jax.random.key(3)), iters)
   r = common.row(name, times, flops, compile_s, mem, peak_gflops,
