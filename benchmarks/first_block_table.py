@@ -48,11 +48,7 @@ def train_calls(batch: int, lfhf: bool) -> tuple[dict, bool]:
   steps give the same loss)."""
   cfg, _, _, specs, priors, state, tx = stage2_bench._setup(batch, lfhf)
   mesh = sharding.make_mesh()
-  rng = np.random.default_rng(0)
-  n_tok = sum(s.num_tokens for s in specs)
-  b = jax.device_put({"x": jnp.asarray(rng.integers(0, 32, (batch, n_tok)), jnp.int32),
-                      "y": jnp.asarray(rng.integers(0, stage2_bench.NUM_CLASSES, (batch,)),
-                                       jnp.int32)}, sharding.data_sharding(mesh))
+  b = stage2_bench.token_batch(specs, batch, mesh)
   calls, losses = {}, {}
   for form, table in FORMS.items():
     step = stage2.make_train_step(_with_table(priors, table), specs, cfg.stage2,

@@ -37,14 +37,20 @@ def bench_train(batch: int, peak_gflops=None, iters=common.DEFAULT_ITERS, lfhf: 
   mesh = sharding.make_mesh()
   state = sharding.replicate_tree(state, mesh)
   jitted = trainer.compile_step(step, mesh, state, stage="stage2")
+  b = token_batch(specs, batch, mesh)
+  name = f"stage2_train_{'lfhf_' if lfhf else ''}b{batch}"
+  return common.bench_stateful(name, jitted, state, (b, jax.random.key(2)),
+                               iters, peak_gflops)
+
+
+def token_batch(specs, batch: int, mesh) -> dict:
+  """A fixed random stage-2 batch on ``mesh``'s data axis: tokens "x" int32 (batch, tokens of
+  every prior) in [0, 32), labels "y" int32 (batch,)."""
   n_tok = sum(s.num_tokens for s in specs)
   rng = np.random.default_rng(0)
   b = {"x": jnp.asarray(rng.integers(0, 32, (batch, n_tok)), jnp.int32),
        "y": jnp.asarray(rng.integers(0, NUM_CLASSES, (batch,)), jnp.int32)}
-  b = jax.device_put(b, sharding.data_sharding(mesh))
-  name = f"stage2_train_{'lfhf_' if lfhf else ''}b{batch}"
-  return common.bench_stateful(name, jitted, state, (b, jax.random.key(2)),
-                               iters, peak_gflops)
+  return jax.device_put(b, sharding.data_sharding(mesh))
 
 
 def bench_sample(num: int, steps: int, scale: float, peak_gflops=None,
