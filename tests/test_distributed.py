@@ -16,7 +16,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import tiny_config, with_test_xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, "launch", "local_multiprocess.sh")
@@ -73,7 +73,7 @@ def _env(**extra):
   if _CACHE:
     env.update(JAX_COMPILATION_CACHE_DIR=_CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  env.pop("XLA_FLAGS", None)  # device counts come from JAX_NUM_CPU_DEVICES
+  env["XLA_FLAGS"] = with_test_xla_flags("")  # device counts come from JAX_NUM_CPU_DEVICES
   for k in [k for k in env if k.startswith("TSGEN_")]:
     del env[k]
   env.update({k: str(v) for k, v in extra.items()})

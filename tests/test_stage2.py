@@ -10,7 +10,7 @@ from conftest import tiny_config
 from tsgen_jax import run as run_lib
 from tsgen_jax.errors import CheckpointError, ConfigError
 
-TINY_EVAL = {"eval.fcn_steps": 30, "eval.rocket_kernels": 50, "eval.cas_seeds": 2,
+TINY_EVAL = {"eval.fcn_steps": 10, "eval.rocket_kernels": 50, "eval.cas_seeds": 2,
              "stage2.log_every": 1,
              "stage2.num_steps": 40, "stage2.checkpoint_every": 40}
 
