@@ -16,7 +16,8 @@ _xla_cache_dir = ""
 # are the same HLO but for single ops (reduce, add, slice, ...) that the fusion emitters wrap
 # as one-op fusions: the same fusions, convolutions, dots and YNNPACK calls. Every comparison a
 # test makes (sharded == unsharded, resumed == uninterrupted, option on == off) is between
-# programs compiled the same way. The package itself never sets these flags.
+# programs compiled the same way. On a GPU the -O0 applies to its kernels too (the tests check
+# results, not speed). The package itself never sets these flags.
 TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
 
 
