@@ -97,8 +97,8 @@ FSDP_SCRIPT = textwrap.dedent("""
 
 
 def test_fsdp_data4_model2_matches_single_device():
-  env = dict(os.environ, XLA_FLAGS=with_test_xla_flags("--xla_force_host_platform_device_count=8"),
-             JAX_PLATFORMS="cpu")
+  flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  env = dict(os.environ, XLA_FLAGS=with_test_xla_flags(flags), JAX_PLATFORMS="cpu")
   script = FSDP_SCRIPT.format(repo=REPO, tests=os.path.join(REPO, "tests"))
   r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                      timeout=600)

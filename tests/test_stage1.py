@@ -159,8 +159,8 @@ SHARDED_SCRIPT = textwrap.dedent("""
 
 def test_sharded_step_matches_single_device():
   """Plain and VIbCReg (projector, BatchNorm, IterNorm, augmentation) steps on 8 devices."""
-  env = dict(os.environ, XLA_FLAGS=with_test_xla_flags("--xla_force_host_platform_device_count=8"),
-             JAX_PLATFORMS="cpu")
+  flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  env = dict(os.environ, XLA_FLAGS=with_test_xla_flags(flags), JAX_PLATFORMS="cpu")
   script = SHARDED_SCRIPT.format(repo=REPO, tests=os.path.join(REPO, "tests"),
                                  methods=("none", "vibcreg"))
   r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
