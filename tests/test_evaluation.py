@@ -12,6 +12,7 @@ from tsgen_jax.data import load_split
 from tsgen_jax.data.synthetic import cbf
 from tsgen_jax.errors import CheckpointError
 from tsgen_jax.evaluation import fcn as fcn_lib
+from tsgen_jax.models.conv import resolve_rows
 
 
 def _scipy_fid(a, b):
@@ -105,6 +106,36 @@ def test_train_fcn_on_every_gives_the_shorter_runs_models():
                              rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(seen[1][1].logits(x), final.logits(x))
   assert not np.allclose(seen[0][1].logits(x), final.logits(x))
+
+
+def test_fcn_wgrad_chunk_gives_the_same_gradients_by_slices(monkeypatch):
+  """FCN(wgrad_chunk=16) (train_fcn's setting on one CPU device): the same loss and gradients
+  as one weight gradient over the batch, and its backward pass runs four times as many
+  weight-gradient convolutions (one per 16-row slice of 64)."""
+  import jax
+  import jax.numpy as jnp
+  x, y = _cbf_set(64)
+  variables = fcn_lib.FCN(3).init(jax.random.PRNGKey(0), jnp.asarray(x[:1]), train=False)
+
+  def loss(params, chunk):
+    (logits, _), _ = fcn_lib.FCN(3, wgrad_chunk=chunk).apply(
+        {"params": params, "batch_stats": variables["batch_stats"]}, jnp.asarray(x),
+        train=True, mutable=["batch_stats"])
+    return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(len(y)), y])
+
+  grads = {c: jax.value_and_grad(loss)(variables["params"], c) for c in (0, 16)}
+  np.testing.assert_allclose(grads[16][0], grads[0][0], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(grads[16][1]), jax.tree.leaves(grads[0][1])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  n_conv = {c: jax.jit(jax.grad(loss), static_argnums=1).lower(variables["params"], c)
+            .as_text().count("stablehlo.convolution") for c in (0, 16)}
+  assert n_conv[0] == 3 + 2 + 3  # forwards, input gradients (not the first), weight gradients
+  assert n_conv[16] == 3 + 2 + 3 * 4
+  # train_fcn builds the model with the automatic slice size (16 on one CPU device).
+  built, fcn_class = [], fcn_lib.FCN
+  monkeypatch.setattr(fcn_lib, "FCN", lambda k, **kw: built.append(kw) or fcn_class(k, **kw))
+  fcn_lib.train_fcn(x, y, 3, steps=1, batch_size=64)
+  assert built == [{"wgrad_chunk": resolve_rows(-1)}]
 
 
 def test_cached_fcn_trains_once(tmp_path, monkeypatch):
