@@ -31,6 +31,13 @@ def with_test_xla_flags(flags: str) -> str:
   return " ".join(words)
 
 
+def simulated_cpu_devices_env(n: int) -> dict:
+  """os.environ for a subprocess on ``n`` simulated CPU devices: the caller's XLA_FLAGS, then
+  the device count, then TEST_XLA_FLAGS where unset."""
+  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}"
+  return dict(os.environ, XLA_FLAGS=with_test_xla_flags(flags), JAX_PLATFORMS="cpu")
+
+
 def pytest_configure(config):
   """TEST_XLA_FLAGS, and one persistent XLA compilation cache for the whole session, in a fresh
   temporary folder.

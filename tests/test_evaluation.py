@@ -3,6 +3,8 @@
 import json
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
@@ -112,8 +114,6 @@ def test_fcn_wgrad_chunk_gives_the_same_gradients_by_slices(monkeypatch):
   """FCN(wgrad_chunk=16) (train_fcn's setting on one CPU device): the same loss and gradients
   as one weight gradient over the batch, and its backward pass runs four times as many
   weight-gradient convolutions (one per 16-row slice of 64)."""
-  import jax
-  import jax.numpy as jnp
   x, y = _cbf_set(64)
   variables = fcn_lib.FCN(3).init(jax.random.PRNGKey(0), jnp.asarray(x[:1]), train=False)
 

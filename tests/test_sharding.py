@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from conftest import with_test_xla_flags
+from conftest import simulated_cpu_devices_env
 from tsgen_jax import sharding
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,8 +97,7 @@ FSDP_SCRIPT = textwrap.dedent("""
 
 
 def test_fsdp_data4_model2_matches_single_device():
-  flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-  env = dict(os.environ, XLA_FLAGS=with_test_xla_flags(flags), JAX_PLATFORMS="cpu")
+  env = simulated_cpu_devices_env(8)
   script = FSDP_SCRIPT.format(repo=REPO, tests=os.path.join(REPO, "tests"))
   r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                      timeout=600)

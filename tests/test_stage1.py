@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_config, with_test_xla_flags
+from conftest import simulated_cpu_devices_env, tiny_config
 from tsgen_jax import run as run_lib
 from tsgen_jax import sharding, stage1, trainer
 from tsgen_jax.data import BatchStream, load_dataset
@@ -159,8 +159,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
 
 def test_sharded_step_matches_single_device():
   """Plain and VIbCReg (projector, BatchNorm, IterNorm, augmentation) steps on 8 devices."""
-  flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-  env = dict(os.environ, XLA_FLAGS=with_test_xla_flags(flags), JAX_PLATFORMS="cpu")
+  env = simulated_cpu_devices_env(8)
   script = SHARDED_SCRIPT.format(repo=REPO, tests=os.path.join(REPO, "tests"),
                                  methods=("none", "vibcreg"))
   r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
