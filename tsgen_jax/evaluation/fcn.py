@@ -132,6 +132,27 @@ def batch_schedule(n: int, steps: int, batch_size: int, rng: np.random.Generator
   return order[:steps * batch].reshape(steps, batch).astype(np.int32)
 
 
+def make_train_step(module: FCN, tx: optax.GradientTransformation) -> Callable:
+  """The jitted training step ``(params, batch_stats, opt_state, xs (N, C, L), ys (N,),
+  idx (B,) int32) -> (params, batch_stats, opt_state)``: one ``tx`` update on the
+  cross-entropy of the rows ``idx`` of xs, ys, BatchNorm in training mode."""
+
+  @jax.jit
+  def step(params, batch_stats, opt_state, xs, ys, idx):
+    xb, yb = xs[idx], ys[idx]
+
+    def loss_fn(p):
+      (logits, _), new_vars = module.apply({"params": p, "batch_stats": batch_stats}, xb,
+                                           train=True, mutable=["batch_stats"])
+      return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean(), new_vars
+
+    grads, new_vars = jax.grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), new_vars["batch_stats"], opt_state
+
+  return step
+
+
 def train_fcn(x: np.ndarray, y: np.ndarray, num_classes: int, *, steps: int = 1000,
               batch_size: int = 256, lr: float = 1e-3, seed: int = 0, every: int = 0,
               on_every: Optional[Callable[[int, FCNModel], None]] = None) -> FCNModel:
@@ -148,27 +169,14 @@ def train_fcn(x: np.ndarray, y: np.ndarray, num_classes: int, *, steps: int = 10
     The trained FCNModel.
   """
   x, y = _check_labeled(x, y, num_classes)
-  # Weight gradients in 16-row slices on one CPU device (resolve_rows(-1)): 7 % less time per
-  # batch-256 step on the 2-core CPU (benchmarks/NOTES.md item 18).
+  # Weight gradients in 16-row slices on one CPU device (resolve_rows(-1)): 6-7 % less time
+  # per batch-256 step on the 2-core CPU (benchmarks/NOTES.md item 18).
   module = FCN(num_classes, wgrad_chunk=resolve_rows(-1))
   variables = module.init(jax.random.PRNGKey(seed), jnp.zeros((1,) + x.shape[1:]), train=False)
   tx = optax.adam(lr)
   params, batch_stats = variables["params"], variables["batch_stats"]
   opt_state = tx.init(params)
-
-  @jax.jit
-  def step(params, batch_stats, opt_state, xs, ys, idx):
-    xb, yb = xs[idx], ys[idx]
-
-    def loss_fn(p):
-      (logits, _), new_vars = module.apply({"params": p, "batch_stats": batch_stats}, xb,
-                                           train=True, mutable=["batch_stats"])
-      return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean(), new_vars
-
-    grads, new_vars = jax.grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), new_vars["batch_stats"], opt_state
-
+  step = make_train_step(module, tx)
   xs, ys = jnp.asarray(x), jnp.asarray(y)
   schedule = batch_schedule(len(x), steps, batch_size, np.random.default_rng(seed))
   input_shape = tuple(int(d) for d in x.shape[1:])
