@@ -1,0 +1,66 @@
+"""A benchmarked train step compiled with extra XLA options on top of
+``trainer.step_compiler_options``, several option sets built in one process and timed in
+alternating rounds.
+
+  python -m benchmarks.compile_options plain 12 default,loop_emitters,concurrency_scheduler
+  # step (a stage1_bench variant at B = 128, or stage2 at B = 256), timed rounds, option sets
+
+Option sets: the names of OPTION_SETS. Prints the compile time and the median / min step time
+per set (benchmarks/NOTES.md, "Investigated", quotes the output).
+"""
+import sys
+
+import jax
+
+from benchmarks import common, stage1_bench, stage2_bench
+from tsgen_jax import host_memory, sharding, stage2, trainer
+
+OPTION_SETS = {
+    "default": {},
+    "loop_emitters": {"xla_cpu_use_fusion_emitters": False},
+    "concurrency_scheduler": {"xla_cpu_enable_concurrency_optimized_scheduler": True},
+    "fast_math": {"xla_cpu_enable_fast_math": True},
+    "vector_width_512": {"xla_cpu_prefer_vector_width": 512},
+    "onednn": {"xla_cpu_use_onednn": True},
+    "onednn_custom_call": {"xla_cpu_use_onednn": True,
+                           "xla_cpu_experimental_onednn_custom_call": True},
+    "xnnpack": {"xla_cpu_use_xnnpack": True},
+}
+
+
+def build(step: str, extra: dict):
+  """(compiled, compile seconds, call) for ``step`` compiled with ``extra`` options added."""
+  base = trainer.step_compiler_options
+  trainer.step_compiler_options = lambda mesh, stage="stage1", ssl=False: {
+      **base(mesh, stage, ssl), **extra}
+  try:
+    if step == "stage2":
+      cfg, _, _, specs, priors, state, tx = stage2_bench._setup(256)
+      fn = stage2.make_train_step(priors, specs, cfg.stage2, stage2_bench.NUM_CLASSES, tx)
+      mesh = sharding.make_mesh()
+      state = sharding.replicate_tree(state, mesh)
+      jitted = trainer.compile_step(fn, mesh, state, stage="stage2")
+      args = (stage2_bench.token_batch(specs, 256, mesh), jax.random.key(2))
+    else:
+      jitted, state, args = stage1_bench.build(step, 128)
+  finally:
+    trainer.step_compiler_options = base
+  compiled, compile_s, _, _ = common.compile_fn(jitted, state, *args)
+  call = common.stateful_call(compiled, state, *args)
+  call()
+  return compiled, compile_s, call
+
+
+if __name__ == "__main__":
+  host_memory.start()  # TSGEN_MALLOC=hugepages: restart once with huge-page malloc
+  if len(sys.argv) != 4:
+    sys.exit(__doc__)
+  step, rounds, names = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(",")
+  unknown = [n for n in names if n not in OPTION_SETS]
+  if unknown:
+    sys.exit(f"compile_options: unknown option set(s) {unknown}; one of {list(OPTION_SETS)}")
+  calls = {}
+  for name in names:
+    _, compile_s, calls[name] = build(step, OPTION_SETS[name])
+    print(f"{name}: compile {compile_s:.1f} s", flush=True)
+  common.print_times(step, common.alternate_calls(calls, rounds), 0)
