@@ -10,10 +10,8 @@ per set (benchmarks/NOTES.md, "Investigated", quotes the output).
 """
 import sys
 
-import jax
-
 from benchmarks import common, stage1_bench, stage2_bench
-from tsgen_jax import host_memory, sharding, stage2, trainer
+from tsgen_jax import host_memory, trainer
 
 OPTION_SETS = {
     "default": {},
@@ -35,12 +33,7 @@ def build(step: str, extra: dict):
       **base(mesh, stage, ssl), **extra}
   try:
     if step == "stage2":
-      cfg, _, _, specs, priors, state, tx = stage2_bench._setup(256)
-      fn = stage2.make_train_step(priors, specs, cfg.stage2, stage2_bench.NUM_CLASSES, tx)
-      mesh = sharding.make_mesh()
-      state = sharding.replicate_tree(state, mesh)
-      jitted = trainer.compile_step(fn, mesh, state, stage="stage2")
-      args = (stage2_bench.token_batch(specs, 256, mesh), jax.random.key(2))
+      jitted, state, args = stage2_bench.build_train(256)
     else:
       jitted, state, args = stage1_bench.build(step, 128)
   finally:

@@ -31,16 +31,20 @@ def _setup(batch: int, lfhf: bool = False):
   return cfg, s1_model, s1_vars, specs, priors, state, tx
 
 
-def bench_train(batch: int, peak_gflops=None, iters=common.DEFAULT_ITERS, lfhf: bool = False):
+def build_train(batch: int, lfhf: bool = False):
+  """(jitted step, state, (token batch, rng)) for the stage-2 train step at ``batch``."""
   cfg, _, _, specs, priors, state, tx = _setup(batch, lfhf)
   step = stage2.make_train_step(priors, specs, cfg.stage2, NUM_CLASSES, tx)
   mesh = sharding.make_mesh()
   state = sharding.replicate_tree(state, mesh)
   jitted = trainer.compile_step(step, mesh, state, stage="stage2")
-  b = token_batch(specs, batch, mesh)
+  return jitted, state, (token_batch(specs, batch, mesh), jax.random.key(2))
+
+
+def bench_train(batch: int, peak_gflops=None, iters=common.DEFAULT_ITERS, lfhf: bool = False):
+  jitted, state, args = build_train(batch, lfhf)
   name = f"stage2_train_{'lfhf_' if lfhf else ''}b{batch}"
-  return common.bench_stateful(name, jitted, state, (b, jax.random.key(2)),
-                               iters, peak_gflops)
+  return common.bench_stateful(name, jitted, state, args, iters, peak_gflops)
 
 
 def token_batch(specs, batch: int, mesh) -> dict:
