@@ -5,8 +5,10 @@ alternating rounds.
   python -m benchmarks.compile_options plain 12 default,loop_emitters,concurrency_scheduler
   # step (a stage1_bench variant at B = 128, or stage2 at B = 256), timed rounds, option sets
 
-Option sets: the names of OPTION_SETS. Prints the compile time and the median / min step time
-per set (benchmarks/NOTES.md, "Investigated", quotes the output).
+Option sets: the names of OPTION_SETS; a None value removes the option that
+``step_compiler_options`` sets (``ynn_default``: XLA's own YNNPACK fusion kinds, i.e. the
+stage-1 steps' convolutions in YNNPACK as before item 19). Prints the compile time and the
+median / min step time per set (benchmarks/NOTES.md quotes the output).
 """
 import sys
 
@@ -23,6 +25,8 @@ OPTION_SETS = {
     "onednn_custom_call": {"xla_cpu_use_onednn": True,
                            "xla_cpu_experimental_onednn_custom_call": True},
     "xnnpack": {"xla_cpu_use_xnnpack": True},
+    "ynn_default": {"xla_cpu_experimental_ynn_fusion_type": None},
+    "ynn_dots": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"},
 }
 
 
@@ -30,7 +34,7 @@ def build(step: str, extra: dict):
   """(compiled, compile seconds, call) for ``step`` compiled with ``extra`` options added."""
   base = trainer.step_compiler_options
   trainer.step_compiler_options = lambda mesh, stage="stage1", ssl=False: {
-      **base(mesh, stage, ssl), **extra}
+      k: v for k, v in {**base(mesh, stage, ssl), **extra}.items() if v is not None}
   try:
     if step == "stage2":
       jitted, state, args = stage2_bench.build_train(256)

@@ -60,23 +60,39 @@ def test_batch_axis_from_dimension_numbers():
 
 
 def test_chunking_only_with_enough_rows():
-  """Below MIN_CHUNKS * rows rows (and with rows = 0) the plain convolution is used."""
+  """Below MIN_CHUNKS * rows rows the weight gradient is one chunk (XLA's own): the plain
+  convolution unless it is strided, where the custom gradient stays for the phase input
+  gradient. rows = 0: the plain convolution always."""
   fn = conv_lib.chunked_wgrad_conv(16)
-  w = jnp.ones((3, 3, 2, 4))
-  jaxpr = lambda b: str(jax.make_jaxpr(
-      lambda x: fn(x, w, (1, 1), "SAME", dimension_numbers=NHWC))(jnp.ones((b, 5, 9, 2))))
+  w = jnp.ones((3, 4, 2, 4))
+  conv = lambda f, strides: lambda x: f(x, w, strides, ((1, 1), (1, 1)),  # noqa: E731
+                                        dimension_numbers=NHWC)
+  jaxpr = lambda b, strides=(1, 1), f=fn: str(jax.make_jaxpr(conv(f, strides))(
+      jnp.ones((b, 5, 9, 2))))
   assert "custom_vjp" in jaxpr(conv_lib.MIN_CHUNKS * 16)
   assert "custom_vjp" not in jaxpr(conv_lib.MIN_CHUNKS * 16 - 1)
-  off = str(jax.make_jaxpr(lambda x: conv_lib.chunked_wgrad_conv(0)(
-      x, w, (1, 1), "SAME", dimension_numbers=NHWC))(jnp.ones((256, 5, 9, 2))))
-  assert "custom_vjp" not in off
+  assert "custom_vjp" in jaxpr(conv_lib.MIN_CHUNKS * 16 - 1, (1, 2))
+  assert "custom_vjp" not in jaxpr(256, (1, 2), conv_lib.chunked_wgrad_conv(0))
+  # One chunk of 63 rows: a single weight-gradient convolution, and the input gradient by
+  # phases (no lhs-dilated convolution); with 64 rows, four weight gradients.
+  def grad_text(b):
+    x = jnp.ones((b, 5, 9, 2))
+    return jax.jit(jax.grad(lambda x, w: jnp.sum(fn(x, w, (1, 2), ((1, 1), (1, 1)),
+                                                    dimension_numbers=NHWC) ** 2),
+                            argnums=(0, 1))).lower(x, w).as_text()
+  one, four = grad_text(63), grad_text(64)
+  assert "lhs_dilation" not in one and "lhs_dilation" not in four
+  # forward 1 + two input-gradient phases + weight gradients
+  assert one.count("stablehlo.convolution") == 1 + 2 + 1
+  assert four.count("stablehlo.convolution") == 1 + 2 + 4
 
 
 def test_resolve_rows():
-  auto = 16 if jax.default_backend() == "cpu" and jax.device_count() == 1 else 0
-  assert conv_lib.resolve_rows(-1) == auto
-  assert conv_lib.resolve_rows(0) == 0
-  assert conv_lib.resolve_rows(32) == 32
+  on_cpu = jax.default_backend() == "cpu" and jax.device_count() == 1
+  assert conv_lib.resolve_rows(-1) == (16 if on_cpu else 0)
+  assert conv_lib.resolve_rows(-1, auto=128) == (128 if on_cpu else 0)
+  assert conv_lib.resolve_rows(0, auto=128) == 0
+  assert conv_lib.resolve_rows(32, auto=128) == 32
   with pytest.raises(ValueError, match="conv_wgrad_chunk"):
     conv_lib.resolve_rows(-2)
 

@@ -257,7 +257,8 @@ def test_load_run_config_completes_a_config_saved_before_newer_keys(tmp_path):
   assert cfg.stage1.dim == 24 and cfg.stage1.ssl.method == "vibcreg"
   assert cfg.to_dict() == tiny_config(**{"stage1.ssl.method": "vibcreg",
                                         "stage1.dim": 24}).to_dict()
-  assert stage1_model.from_config(cfg, 1, 128).vqvae.wgrad_chunk == conv_lib.resolve_rows(-1)
+  assert stage1_model.from_config(cfg, 1, 128).vqvae.wgrad_chunk == conv_lib.resolve_rows(
+      -1, auto=cfg.stage1.batch_size)
   with pytest.raises(ConfigError, match="config.json: not found"):
     run_lib.load_run_config(str(tmp_path / "nowhere"))
   (tmp_path / "config.json").write_text("{not json")

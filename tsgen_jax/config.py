@@ -58,9 +58,10 @@ def base_config() -> ml_collections.ConfigDict:
   s1.n_resnet_blocks = 4
   s1.token_width = 8  # latent tokens along time (power-of-two downsampling of T)
   s1.matmul_dtype = "float32"  # 'float32' | 'bfloat16' (conv/matmul compute dtype)
-  # Conv weight gradients summed over batch chunks of this many rows (models/conv.py; -8 to
-  # -10 % per stage-1 step at batch 128 on a 2-core CPU). -1 = auto: 16 on a single CPU
-  # device, off on accelerators and on several devices; 0 = off (XLA's own gradient).
+  # Conv weight gradients summed over batch chunks of this many rows (models/conv.py). -1 =
+  # auto: on a single CPU device one chunk of the whole batch (XLA's weight gradient, the
+  # strided convs' input gradient by phases: benchmarks/NOTES.md items 9 and 19), off on
+  # accelerators and on several devices; 0 = off (XLA's own gradients throughout).
   s1.conv_wgrad_chunk = -1
   # TimeVQVAE low/high-frequency split with two codebooks (and two priors). False = the
   # thesis' single codebook: it smooths away CBF's noise at the CPU budget (FID 45 vs 4 on

@@ -78,9 +78,23 @@ class _SignalFlag:
       signal.signal(sig, old)
 
 
+# XLA:CPU's YNNPACK fusion kinds for the stage-1 steps: dots and reductions, not convolutions.
+STAGE1_YNN_FUSION_TYPES = "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+
+
 def step_compiler_options(mesh, stage: str = "stage1", ssl: bool = False) -> dict:
   """XLA options for the train step of ``stage`` on ``mesh``'s devices (``ssl``: a stage-1
   step with ``ssl.method != 'none'``).
+
+  On CPU, every stage-1 step: YNNPACK fusions for dots and reductions only
+  (``STAGE1_YNN_FUSION_TYPES``), so that the convolutions run in XLA's Eigen kernels. In this
+  XLA:CPU a YNNPACK convolution runs on one thread, and the step's executor hands independent
+  work to the second core only when more than 8 operations are ready at once; Eigen's
+  convolution uses the intra-op thread pool (3 x 3, 64 -> 64 channels over a (128, 5, 8)
+  grid: 4.6-5.0 ms in YNNPACK on one or two cores, 2.4 ms in Eigen on two). The plain step
+  B = 128 takes 25-32 % less time, LF/HF 14 %, the SSL steps 4-7 % (benchmarks/NOTES.md item
+  19). Listing the elementwise kind too would make YNNPACK materialise each broadcast operand
+  (the optimiser's (4096, 4096) ones in the SSL steps: +30 %), so it is left out.
 
   On CPU, the SSL stage-1 steps and stage 2: region analysis in copy insertion. The state is
   donated, so each parameter's update is written over the parameter's own buffer; without the
@@ -95,17 +109,20 @@ def step_compiler_options(mesh, stage: str = "stage1", ssl: bool = False) -> dic
   On CPU, ``stage='stage2'`` (the MaskGIT prior) also: YNNPACK fusions for dots only. By
   default XLA:CPU also hands elementwise and reduction fusions to YNNPACK, which cannot take a
   broadcast inside; the RMSNorm backward passes then get each (D,) scale as a materialised
-  (B, S, D) array. Without them the prior's step is 8-10 % faster (item 11). Stage 1's
-  convolution steps are faster with the default kinds, and so is sampling.
+  (B, S, D) array. Without them the prior's step is 8-10 % faster (item 11). Sampling keeps
+  XLA's defaults.
 
   Other platforms: no options.
   """
-  if mesh.devices.flat[0].platform != "cpu" or (stage == "stage1" and not ssl):
+  if mesh.devices.flat[0].platform != "cpu":
     return {}
-  options = {"xla_cpu_copy_insertion_use_region_analysis": True}
-  if stage == "stage2":
-    options["xla_cpu_experimental_ynn_fusion_type"] = "LIBRARY_FUSION_TYPE_DOT"
-  return options
+  if stage == "stage1":
+    options = {"xla_cpu_experimental_ynn_fusion_type": STAGE1_YNN_FUSION_TYPES}
+    if ssl:
+      options["xla_cpu_copy_insertion_use_region_analysis"] = True
+    return options
+  return {"xla_cpu_copy_insertion_use_region_analysis": True,
+          "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 
 
 def compile_step(train_step: Callable, mesh, state, compiler_options: dict | None = None,

@@ -2,12 +2,16 @@
 
 XLA:CPU computes a convolution's weight gradient as one reduction over the whole batch and
 grid (contraction length B * H * W, e.g. 128 * 5 * 33 = 21120, for a 3 x 4 x 64 x 64 kernel);
-for the stage-1 shapes it runs at 35-65 GFLOP/s. The same sum split into batch chunks of 16
-rows (independent weight gradients, then added) keeps each chunk's operands in cache and gives
-the two cores independent work: measured on the 2-core CPU, B = 128, the (3, 4) stride-2
-encoder conv's forward + backward 46 -> 29 ms and the decoder's (3, 2) conv at W = 33
-70 -> 40 ms; whole stage-1 steps -8 to -10 % (BENCHMARKS.md). At B = 32 it was 3 % slower,
-hence the minimum of four chunks. The forward pass is XLA's own.
+in YNNPACK, for the stage-1 shapes, it ran at 35-65 GFLOP/s. The same sum split into batch
+chunks of 16 rows (independent weight gradients, then added) keeps each chunk's operands in
+cache and gives the two cores independent work: measured on the 2-core CPU, B = 128, the
+(3, 4) stride-2 encoder conv's forward + backward 46 -> 29 ms and the decoder's (3, 2) conv at
+W = 33 70 -> 40 ms; whole stage-1 steps -8 to -10 % (BENCHMARKS.md). At B = 32 it was 3 %
+slower, hence the minimum of four chunks. The forward pass is XLA's own. Since the stage-1
+steps run their convolutions in XLA's multi-threaded Eigen kernels instead of YNNPACK
+(``trainer.step_compiler_options``, benchmarks/NOTES.md item 19) the slices no longer pay
+there, and the stage-1 model uses one chunk (the whole batch); the evaluator FCN, whose
+convolutions stay in YNNPACK, keeps 16-row chunks.
 
 The input gradient of a strided convolution is, in XLA, a convolution over the output gradient
 dilated with zeros (``lhs_dilation``), which XLA:CPU runs in a generic kernel, not YNNPACK. Inside
@@ -37,15 +41,17 @@ from jax import lax
 MIN_CHUNKS = 4
 
 
-def resolve_rows(rows: int) -> int:
-  """``config.stage1.conv_wgrad_chunk`` -> rows per chunk (0 = off).
+def resolve_rows(rows: int, auto: int = 16) -> int:
+  """A ``conv_wgrad_chunk`` setting -> rows per weight-gradient slice (0 = off).
 
-  -1 (auto) is 16 on a single CPU device and 0 elsewhere: on accelerators one large
+  -1 (auto) is ``auto`` on a single CPU device and 0 elsewhere: on accelerators one large
   convolution is the fast form, and on several devices the batch is sharded, so a slice of
-  it would move data between devices.
+  it would move data between devices. The stage-1 model passes its batch size as ``auto``
+  (one slice: XLA's own weight gradient, with the strided convolutions' input gradient by
+  phases); the evaluator FCN keeps the default 16-row slices.
   """
   if rows == -1:
-    return 16 if jax.default_backend() == "cpu" and jax.device_count() == 1 else 0
+    return auto if jax.default_backend() == "cpu" and jax.device_count() == 1 else 0
   if rows < 0:
     raise ValueError(f"conv_wgrad_chunk must be -1 (auto), 0 (off) or > 0, got {rows}")
   return rows
@@ -56,11 +62,13 @@ def chunked_wgrad_conv(rows: int, phase_input_grad: bool = True):
   """A ``lax.conv_general_dilated`` whose rhs (kernel) gradient is summed over batch chunks.
 
   Args:
-    rows: batch rows per chunk; 0 turns the chunking off. It is also off for a batch of fewer
-      than ``MIN_CHUNKS * rows`` rows and for ``batch_group_count != 1``.
+    rows: batch rows per chunk; 0 turns the custom gradient off (``lax.conv_general_dilated``
+      itself). A batch of fewer than ``MIN_CHUNKS * rows`` rows is one chunk: XLA's own
+      weight gradient, and the custom gradient is kept only for the phase input gradient
+      (plain convolution where that does not apply). Off for ``batch_group_count != 1``.
     phase_input_grad: compute a strided convolution's lhs gradient with
       :func:`strided_conv_input_grad` (the default) instead of autodiff's lhs-dilated
-      convolution; used only with the chunking and where that function applies.
+      convolution; used only where that function applies.
 
   Returns:
     f(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -84,12 +92,14 @@ def chunked_wgrad_conv(rows: int, phase_input_grad: bool = True):
     dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
     in_batch, out_batch = dn.lhs_spec[0], dn.out_spec[0]
     n = lhs.shape[in_batch]
-    if rows <= 0 or batch_group_count != 1 or n < MIN_CHUNKS * rows:
+    if rows <= 0 or batch_group_count != 1:
       return plain(lhs, rhs)
-
+    chunk = rows if n >= MIN_CHUNKS * rows else n  # too few rows for slices: one of them
     by_phase = (phase_input_grad and preferred_element_type is None
                 and phase_grad_applies(window_strides, padding, lhs_dilation, rhs_dilation,
                                        feature_group_count))
+    if chunk == n and not by_phase:
+      return plain(lhs, rhs)  # nothing left to change in XLA's gradient
 
     @jax.custom_vjp
     def f(lhs, rhs):
@@ -107,8 +117,8 @@ def chunked_wgrad_conv(rows: int, phase_input_grad: bool = True):
         _, vjp_lhs = jax.vjp(lambda a: plain(a, rhs), lhs)
         (g_lhs,) = vjp_lhs(g)
       g_rhs = None
-      for start in range(0, n, rows):
-        stop = min(start + rows, n)
+      for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
         lhs_c = lax.slice_in_dim(lhs, start, stop, axis=in_batch)
         g_c = lax.slice_in_dim(g, start, stop, axis=out_batch)
         _, vjp_rhs = jax.vjp(lambda w, a=lhs_c: plain(a, w), rhs)

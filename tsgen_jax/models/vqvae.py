@@ -299,4 +299,4 @@ def from_config(cfg, num_channels: int, length: int) -> VQVAE:
                dead_code_restart=vq.dead_code_restart,
                dead_code_threshold=vq.dead_code_threshold, lfhf=s1.lfhf,
                dtype=jnp.bfloat16 if s1.matmul_dtype == "bfloat16" else jnp.float32,
-               wgrad_chunk=resolve_rows(s1.conv_wgrad_chunk))
+               wgrad_chunk=resolve_rows(s1.conv_wgrad_chunk, auto=s1.batch_size))
