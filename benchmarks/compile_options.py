@@ -27,6 +27,8 @@ OPTION_SETS = {
     "xnnpack": {"xla_cpu_use_xnnpack": True},
     "ynn_default": {"xla_cpu_experimental_ynn_fusion_type": None},
     "ynn_dots": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"},
+    "ynn_dots_reduce": {"xla_cpu_experimental_ynn_fusion_type":
+                        "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"},
 }
 
 
