@@ -91,10 +91,11 @@ def step_compiler_options(mesh, stage: str = "stage1", ssl: bool = False) -> dic
   XLA:CPU a YNNPACK convolution runs on one thread, and the step's executor hands independent
   work to the second core only when more than 8 operations are ready at once; Eigen's
   convolution uses the intra-op thread pool (3 x 3, 64 -> 64 channels over a (128, 5, 8)
-  grid: 4.6-5.0 ms in YNNPACK on one or two cores, 2.4 ms in Eigen on two). The plain step
-  B = 128 takes 25-32 % less time, LF/HF 14 %, the SSL steps 4-7 % (benchmarks/NOTES.md item
-  19). Listing the elementwise kind too would make YNNPACK materialise each broadcast operand
-  (the optimiser's (4096, 4096) ones in the SSL steps: +30 %), so it is left out.
+  grid: 4.6-5.0 ms in YNNPACK on one or two cores, 2.4 ms in Eigen on two). With the weight
+  gradients in one chunk (models/conv.py), alternated against the former defaults at B = 128:
+  plain -33 %, LF/HF -27 %, the SSL steps -6 to -11 % (benchmarks/NOTES.md item 19). Listing
+  the elementwise kind too would make YNNPACK materialise each broadcast operand (the
+  optimiser's (4096, 4096) ones in the SSL steps: +30 %), so it is left out.
 
   On CPU, the SSL stage-1 steps and stage 2: region analysis in copy insertion. The state is
   donated, so each parameter's update is written over the parameter's own buffer; without the
