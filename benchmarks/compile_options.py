@@ -11,6 +11,7 @@ stage-1 steps' convolutions in YNNPACK as before item 19). Prints the compile ti
 median / min step time per set (benchmarks/NOTES.md quotes the output).
 """
 import sys
+from unittest import mock
 
 from benchmarks import common, stage1_bench, stage2_bench
 from tsgen_jax import host_memory, trainer
@@ -28,22 +29,20 @@ OPTION_SETS = {
     "ynn_default": {"xla_cpu_experimental_ynn_fusion_type": None},
     "ynn_dots": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"},
     "ynn_dots_reduce": {"xla_cpu_experimental_ynn_fusion_type":
-                        "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"},
+                        trainer.STAGE1_YNN_FUSION_TYPES},
 }
 
 
 def build(step: str, extra: dict):
   """(compiled, compile seconds, call) for ``step`` compiled with ``extra`` options added."""
   base = trainer.step_compiler_options
-  trainer.step_compiler_options = lambda mesh, stage="stage1", ssl=False: {
+  options = lambda mesh, stage="stage1", ssl=False: {  # noqa: E731
       k: v for k, v in {**base(mesh, stage, ssl), **extra}.items() if v is not None}
-  try:
+  with mock.patch.object(trainer, "step_compiler_options", options):
     if step == "stage2":
       jitted, state, args = stage2_bench.build_train(256)
     else:
       jitted, state, args = stage1_bench.build(step, 128)
-  finally:
-    trainer.step_compiler_options = base
   compiled, compile_s, _, _ = common.compile_fn(jitted, state, *args)
   call = common.stateful_call(compiled, state, *args)
   call()

@@ -38,11 +38,12 @@ def test_global_norm_reads_its_leaves_behind_an_optimization_barrier():
 
 
 def _two_vibcreg_steps(compiler_options):
-  return _two_stage1_steps(compiler_options, **{"stage1.ssl.method": "vibcreg",
+  return _stage1_steps(compiler_options, **{"stage1.ssl.method": "vibcreg",
                                                 "stage1.ssl.weight": 1.0})
 
 
-def _two_stage1_steps(compiler_options, steps=2, **overrides):
+def _stage1_steps(compiler_options, steps=2, **overrides):
+  """(compiled HLO text, (state, metrics) after ``steps`` steps) of a tiny stage-1 step."""
   cfg = tiny_config(**overrides)
   ds = load_dataset(cfg.dataset, 8)
   mesh = sharding.make_mesh()
@@ -58,7 +59,7 @@ def _two_stage1_steps(compiler_options, steps=2, **overrides):
   return hlo, jax.device_get((state, metrics))
 
 
-def test_single_view_steps_keep_the_plain_norm_and_no_options():
+def test_single_view_steps_keep_the_plain_norm_and_no_region_analysis():
   # benchmarks/NOTES.md item 12: the barrier and region analysis only in the SSL steps.
   assert stage1.grad_norm_fn(True) is ts_lib.global_norm
   assert stage1.grad_norm_fn(False) is optax.tree.norm
@@ -102,8 +103,8 @@ def _convolutions_in_and_out_of_ynnpack(hlo: str) -> tuple[int, int]:
 def test_stage1_steps_run_their_convolutions_outside_ynnpack_with_the_same_results():
   # benchmarks/NOTES.md item 19: XLA's multi-threaded convolutions instead of YNNPACK's.
   # (At dim 16 XLA keeps every convolution out of YNNPACK by itself; at 32 it does not.)
-  hlo_ours, (_, metrics_a) = _two_stage1_steps(None, 1, **{"stage1.dim": 32})
-  hlo_ynn, (_, metrics_b) = _two_stage1_steps({}, 1, **{"stage1.dim": 32})
+  hlo_ours, (_, metrics_a) = _stage1_steps(None, 1, **{"stage1.dim": 32})
+  hlo_ynn, (_, metrics_b) = _stage1_steps({}, 1, **{"stage1.dim": 32})
   inside, outside = _convolutions_in_and_out_of_ynnpack(hlo_ours)
   assert inside == 0 and outside > 20
   assert _convolutions_in_and_out_of_ynnpack(hlo_ynn)[0] > 20
