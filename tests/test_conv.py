@@ -65,10 +65,11 @@ def test_chunking_only_with_enough_rows():
   gradient. rows = 0: the plain convolution always."""
   fn = conv_lib.chunked_wgrad_conv(16)
   w = jnp.ones((3, 4, 2, 4))
-  conv = lambda f, strides: lambda x: f(x, w, strides, ((1, 1), (1, 1)),  # noqa: E731
-                                        dimension_numbers=NHWC)
-  jaxpr = lambda b, strides=(1, 1), f=fn: str(jax.make_jaxpr(conv(f, strides))(
-      jnp.ones((b, 5, 9, 2))))
+
+  def jaxpr(b, strides=(1, 1), f=fn):
+    return str(jax.make_jaxpr(lambda x: f(x, w, strides, ((1, 1), (1, 1)),
+                                          dimension_numbers=NHWC))(jnp.ones((b, 5, 9, 2))))
+
   assert "custom_vjp" in jaxpr(conv_lib.MIN_CHUNKS * 16)
   assert "custom_vjp" not in jaxpr(conv_lib.MIN_CHUNKS * 16 - 1)
   assert "custom_vjp" in jaxpr(conv_lib.MIN_CHUNKS * 16 - 1, (1, 2))
@@ -95,6 +96,16 @@ def test_resolve_rows():
   assert conv_lib.resolve_rows(32, auto=128) == 32
   with pytest.raises(ValueError, match="conv_wgrad_chunk"):
     conv_lib.resolve_rows(-2)
+
+
+def test_stage1_model_takes_its_whole_batch_as_one_chunk():
+  """stage1.conv_wgrad_chunk auto: the batch size (one chunk) on one CPU device, not the
+  evaluator FCN's 16 rows (benchmarks/NOTES.md item 19)."""
+  from tsgen_jax.models import stage1 as stage1_model
+  cfg = base_config()
+  cfg.stage1.batch_size = 96
+  got = stage1_model.from_config(cfg, 1, 128).vqvae.wgrad_chunk
+  assert got == (96 if jax.default_backend() == "cpu" and jax.device_count() == 1 else 0)
 
 
 def test_config_rejects_bad_value():
