@@ -30,6 +30,8 @@ OPTION_SETS = {
     "ynn_dots": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"},
     "ynn_dots_reduce": {"xla_cpu_experimental_ynn_fusion_type":
                         trainer.STAGE1_YNN_FUSION_TYPES},
+    "ynn_reduce": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"},
+    "ynn_none": {"xla_cpu_experimental_ynn_fusion_type": ""},
 }
 
 

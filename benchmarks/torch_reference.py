@@ -32,6 +32,7 @@ except ImportError:
 
 torch.manual_seed(0)
 B, C, L, NFFT, HOP, DIM, NRES = 128, 1, 128, 8, 2, 64, 4
+STAGE2_BATCH = 256
 
 
 def stft(x):
@@ -182,6 +183,52 @@ class Model(nn.Module):
     return loss
 
 
+class Prior(nn.Module):
+  """tsgen_jax's MaskGIT prior at the reference shapes: 40 tokens of 32 codes + [MASK], a
+  class token (3 classes + null), hidden 256, 4 pre-RMSNorm blocks of 2-head attention (no
+  bias) and a 256 -> 256 GELU MLP, out RMSNorm, a head to the 32 codes."""
+
+  def __init__(self, n_tok=40, codes=32, classes=3, code_dim=64, hidden=256, layers=4, heads=2):
+    super().__init__()
+    self.heads = heads
+    self.tok = nn.Embedding(codes + 1, code_dim)
+    self.tok_proj = nn.Linear(code_dim, hidden)
+    self.cls = nn.Embedding(classes + 1, hidden)
+    self.pos = nn.Parameter(0.02 * torch.randn(n_tok + 1, hidden))
+    self.blocks = nn.ModuleList(nn.ModuleDict({
+        "attn_norm": nn.RMSNorm(hidden), "qkv": nn.Linear(hidden, 3 * hidden, bias=False),
+        "out": nn.Linear(hidden, hidden, bias=False), "mlp_norm": nn.RMSNorm(hidden),
+        "mlp_in": nn.Linear(hidden, hidden), "mlp_out": nn.Linear(hidden, hidden)})
+        for _ in range(layers))
+    self.out_norm = nn.RMSNorm(hidden)
+    self.head = nn.Linear(hidden, codes)
+
+  def forward(self, tokens, cls):
+    x = torch.cat([self.cls(cls)[:, None], self.tok_proj(self.tok(tokens))], 1) + self.pos
+    b, s, h = x.shape
+    for blk in self.blocks:
+      q, k, v = blk["qkv"](blk["attn_norm"](x)).reshape(b, s, 3, self.heads, -1).permute(
+          2, 0, 3, 1, 4)
+      a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, s, h)
+      x = x + blk["out"](a)
+      x = x + blk["mlp_out"](F.gelu(blk["mlp_in"](blk["mlp_norm"](x))))
+    return self.head(self.out_norm(x[:, 1:]))
+
+
+def prior_loss(model, tokens, y, n_tok=40, codes=32, classes=3):
+  """Masked-token cross-entropy (label smoothing 0.1) with MaskGIT's cosine masking and the
+  class dropped to the null id with probability 0.2."""
+  b = tokens.shape[0]
+  n_mask = torch.ceil(torch.cos(torch.pi * torch.rand(b) / 2) * n_tok).clamp(min=1)
+  rank = torch.rand(b, n_tok).argsort(1).argsort(1)
+  mask = rank < n_mask[:, None]
+  cls = torch.where(torch.rand(b) < 0.2, torch.full_like(y, classes), y)
+  logits = model(torch.where(mask, torch.full_like(tokens, codes), tokens), cls)
+  ce = F.cross_entropy(logits.reshape(-1, codes), tokens.reshape(-1), label_smoothing=0.1,
+                       reduction="none").reshape(b, n_tok)
+  return (ce * mask).sum() / mask.sum()
+
+
 def augment(x):
   """Jitter + amplitude resize + slope, in torch (NC-VQVAE does it in numpy: +33 ms)."""
   t = torch.linspace(0, 1, L)
@@ -191,21 +238,25 @@ def augment(x):
 
 
 def main():
-  if len(sys.argv) < 2 or sys.argv[1] not in ("plain", "barlowtwins"):
+  if len(sys.argv) < 2 or sys.argv[1] not in ("plain", "barlowtwins", "stage2"):
     sys.exit(__doc__)
   variant = sys.argv[1]
   iters = int(sys.argv[2]) if len(sys.argv) > 2 else 20
   cl = len(sys.argv) > 3 and sys.argv[3] == "1"
   ssl = variant == "barlowtwins"
-  model = Model(ssl).train()
+  batch = STAGE2_BATCH if variant == "stage2" else B
+  model = (Prior() if variant == "stage2" else Model(ssl)).train()
   if cl:
     model = model.to(memory_format=torch.channels_last)
   opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-5)
   x = torch.randn(B, C, L)
+  tokens, y = torch.randint(0, 32, (batch, 40)), torch.randint(0, 3, (batch,))
 
   def step():
     opt.zero_grad(set_to_none=True)
-    if ssl:
+    if variant == "stage2":
+      loss = prior_loss(model, tokens, y)
+    elif ssl:
       loss = model(x, augment(x), augment(x))
     else:
       loss = model(x)
@@ -221,7 +272,7 @@ def main():
     step()
     ts.append(time.perf_counter() - t0)
   ts = np.array(ts) * 1e3
-  print(f"torch {torch.__version__} {variant} B={B} channels_last={cl} threads="
+  print(f"torch {torch.__version__} {variant} B={batch} channels_last={cl} threads="
         f"{torch.get_num_threads()}: median {np.median(ts):.1f} ms, min {ts.min():.1f}, "
         f"max {ts.max():.1f}")
 

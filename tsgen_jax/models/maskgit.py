@@ -69,6 +69,34 @@ def take_rows(x: jax.Array, index: jax.Array) -> jax.Array:
                   mode="clip").reshape(index.shape + x.shape[2:])
 
 
+@jax.custom_vjp
+def project_jointly(x: jax.Array, kernels: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+  """``tuple(x @ k for k in kernels)`` for x (B, S, M) and kernels (M, d_j): (B, S, d_j) each.
+
+  The forward pass is one matmul with the kernels side by side, its output sliced; the
+  backward pass computes each kernel's gradient and its share of x's as separate matmuls, as
+  autodiff of the separate products does. Autodiff of the joint matmul would instead assemble
+  the (B, S, sum d_j) output gradient from the slices' gradients first, and on XLA:CPU that
+  cost what the joint forward saves (benchmarks/NOTES.md item 20).
+  """
+  y = jnp.einsum("bsm,md->bsd", x, jnp.concatenate(kernels, axis=1))
+  ends = np.cumsum([k.shape[1] for k in kernels])
+  return tuple(y[..., e - k.shape[1]:e] for k, e in zip(kernels, ends))
+
+
+def _project_jointly_fwd(x, kernels):
+  return project_jointly(x, kernels), (x, kernels)
+
+
+def _project_jointly_bwd(res, grads):
+  x, kernels = res
+  dx = sum(jnp.einsum("bsd,md->bsm", g, k) for g, k in zip(grads, kernels))
+  return dx, tuple(jnp.einsum("bsm,bsd->md", x, g) for g in grads)
+
+
+project_jointly.defvjp(_project_jointly_fwd, _project_jointly_bwd)
+
+
 class SelfAttention(nn.Module):
   """Multi-head self-attention computed one head at a time, in (B, S, d) layout throughout.
 
@@ -94,8 +122,14 @@ class SelfAttention(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool = True,
                queries: jax.Array | None = None, index: jax.Array | None = None,
-               query_index: jax.Array | None = None) -> jax.Array:
+               query_index: jax.Array | None = None,
+               joint_projection: bool = False) -> jax.Array:
     """x: (B, S, H) -> (B, S, features), in ``dtype``.
+
+    ``joint_projection``: compute the queries, keys and values of every head as one matmul
+    (:func:`project_jointly`); the same values, a different matmul shape. The prior's train
+    step uses it (3-4 % faster on CPU, benchmarks/NOTES.md item 20); sampling does not (no
+    faster there). Ignored with ``queries`` or ``index``.
 
     With ``queries`` (B, P, H), only those rows make queries (the keys and values still come
     from all S rows of ``x``), and the output is (B, P, features).
@@ -124,10 +158,17 @@ class SelfAttention(nn.Module):
 
       def project(rows, n, i):
         return jnp.einsum("bsm,md->bsd", rows, w[n][:, i])
+    joint = {}
+    if joint_projection and index is None and queries is None:
+      names = [(n, i) for i in range(h) for n in ("query", "key", "value")]
+      joint = dict(zip(names, project_jointly(x, tuple(w[n][:, i] for n, i in names))))
     heads = []
     for i in range(h):
-      q = project(xq if index is None else query_index, "query", i)
-      k, v = (project(x if index is None else index, n, i) for n in ("key", "value"))
+      if joint:
+        q, k, v = (joint[(n, i)] for n in ("query", "key", "value"))
+      else:
+        q = project(xq if index is None else query_index, "query", i)
+        k, v = (project(x if index is None else index, n, i) for n in ("key", "value"))
       logits = jnp.einsum("bqd,bkd->bqk", q / jnp.sqrt(jnp.asarray(d, q.dtype)), k)
       weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
       if self.dropout_rate > 0.0 and not deterministic:
@@ -177,7 +218,7 @@ class TransformerBlock(nn.Module):
       hq = None
       if query_index is not None:
         x, hq = (take_rows(a, query_index) for a in (x, h))
-      h = attn(h, deterministic=not train, queries=hq)
+      h = attn(h, deterministic=not train, queries=hq, joint_projection=train)
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     x = x + h.astype(x.dtype)
 
