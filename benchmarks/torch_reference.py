@@ -1,8 +1,10 @@
 """The issue's PyTorch reference, measured on this machine: a PyTorch replica of the stage-1
-plain and Barlow Twins steps at B = 128, L = 128 (NC-VQVAE's single codebook).
+plain and Barlow Twins steps at B = 128, L = 128 (NC-VQVAE's single codebook), and of the
+prior's (stage-2) train step at B = 256.
 
   python benchmarks/torch_reference.py plain 20       # variant, timed steps [, 1 = channels-last]
   python benchmarks/torch_reference.py barlowtwins 10
+  python benchmarks/torch_reference.py stage2 20
 
 PyTorch is not a dependency of tsgen_jax; run this in an environment that has it (the issue's
 figures are PyTorch 2.13 on CPU, e.g. ``pip install torch==2.13.0+cpu`` from a CPU wheel). The
@@ -15,7 +17,9 @@ torch.istft; time and time-frequency MSE; AdamW. Barlow Twins adds two views (am
 resize, slope, jitter, done in torch inside the step), the avg+max pooled latents of both,
 a 4096-wide projector and the Barlow Twins loss (lambda 5e-3). Prints the median, min and
 max step time (``time.perf_counter`` around zero_grad, forward, backward and the optimiser
-step, after 3 warm-up steps). benchmarks/NOTES.md item 19 quotes it.
+step, after 3 warm-up steps). The stage-2 replica is tsgen_jax's prior at the benchmark's
+shapes (see ``Prior``), with MaskGIT's cosine masking and the class dropped to the null id
+with probability 0.2. benchmarks/NOTES.md items 19 and 20 quote it.
 """
 import sys
 import time

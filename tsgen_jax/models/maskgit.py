@@ -183,7 +183,8 @@ class TransformerBlock(nn.Module):
   """Pre-norm block: ``x + Attn(RMSNorm(x))`` then ``x + MLP(RMSNorm(x))``, no causal mask.
 
   The residual stream stays in float32; attention and MLP matmuls run in ``dtype``. The
-  attention is :class:`SelfAttention` (flax's multi-head attention, one head at a time).
+  attention is :class:`SelfAttention` (flax's multi-head attention, one head at a time; in
+  training its queries, keys and values come from one joint matmul, ``joint_projection``).
   The attention projections have no bias, as in x-transformers (TimeVQVAE's prior): the key
   bias has an exactly zero gradient (softmax is shift invariant) that Adam would turn into
   noise-driven updates, and the bias-gradient reductions cost ~13 % of the train step on CPU.
