@@ -25,7 +25,13 @@ REFERENCE = """| path | NC-VQVAE (PyTorch) | TimeVQVAE (PyTorch) | target |
 | stage-2 train B=256 | 732 ms | 5561 ms | <= 500 ms |
 | sampling 256 series T=10 s=1 | 4805 ms (53/s) | 16506 ms (15.5/s) | >= 120 series/s |
 
-Reference figures: PyTorch 2.13 on the same 2-core CPU kind, median ms per step."""
+Reference figures: PyTorch 2.13 on the same 2-core CPU kind, median ms per step.
+
+Measured on this AMD EPYC kind with `benchmarks/torch_reference.py` (PyTorch 2.13 replicas of
+tsgen_jax's own models at the benchmark shapes; ours the same hour, `benchmarks.run --only`):
+stage-1 plain B=128 185-189 ms (ours 197.7), Barlow Twins B=128 1404-1413 ms with its
+augmentation in torch (ours 849), the prior's train step B=256 928-950 ms (ours 967).
+NOTES items 19 and 20."""
 
 # The issue's figure for its reference machine's 2048^3 float32 matmul (GFLOP/s).
 ISSUE_MATMUL_GFLOPS = 155.0

@@ -128,7 +128,7 @@ class SelfAttention(nn.Module):
 
     ``joint_projection``: compute the queries, keys and values of every head as one matmul
     (:func:`project_jointly`); the same values, a different matmul shape. The prior's train
-    step uses it (3-4 % faster on CPU, benchmarks/NOTES.md item 20); sampling does not (no
+    step uses it (2-4 % faster on CPU, benchmarks/NOTES.md item 20); sampling does not (no
     faster there). Ignored with ``queries`` or ``index``.
 
     With ``queries`` (B, P, H), only those rows make queries (the keys and values still come
