@@ -32,6 +32,7 @@ OPTION_SETS = {
                         trainer.STAGE1_YNN_FUSION_TYPES},
     "ynn_reduce": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"},
     "ynn_none": {"xla_cpu_experimental_ynn_fusion_type": ""},
+    "no_tree_reduction": {"xla_disable_hlo_passes": "tree_reduction_rewriter"},
 }
 
 

@@ -17,8 +17,8 @@ before anything else runs. The command-line entry points (``python -m tsgen_jax.
 ``tsgen_jax.study``, ``benchmarks.run``, ``benchmarks.interleaved``,
 ``benchmarks.wgrad_slices``, ``benchmarks.page_faults``, ``benchmarks.strided_input_grad``,
 ``benchmarks.step_plumbing``, ``benchmarks.dead_taps``, ``benchmarks.first_block_table``,
-``benchmarks.fcn_wgrad``, ``benchmarks.compile_options``, ``benchmarks.joint_projection``) call
-it first thing.
+``benchmarks.fcn_wgrad``, ``benchmarks.compile_options``, ``benchmarks.joint_projection``,
+``benchmarks.step_loop``) call it first thing.
 
 It is opt-in: on the 2-core VM where it was measured, it sped up the batch-128 SSL and stage-2
 steps (-9 % and -18 %) but made the memory-heavy steps (L >= 512 or batch 512) stall now and
