@@ -143,16 +143,22 @@ def bench_pure(name, jitted, args, iters=DEFAULT_ITERS, peak_gflops=None, flops=
   return row(name, times, flops, compile_s, mem, peak_gflops, **extra)
 
 
-def matmul_peak(n: int = 2048, iters: int = DEFAULT_ITERS):
-  """Row for an n^3 float32 jnp.dot; its gflops_per_s is this machine's reference peak."""
+def matmul_peak(n: int = 2048, iters: int = DEFAULT_ITERS, dtype: str = "float32",
+                peak_gflops=None):
+  """Row for an n^3 float32 jnp.dot; its gflops_per_s is this machine's reference peak.
+
+  ``dtype='bfloat16'``: bfloat16 operands with float32 accumulation and result (row
+  ``matmul_bf16_{n}``, as ``stage2.matmul_dtype='bfloat16'`` computes), its fraction relative
+  to ``peak_gflops``."""
   k1, k2 = jax.random.split(jax.random.key(0))
-  a = jax.random.normal(k1, (n, n), jnp.float32)
-  b = jax.random.normal(k2, (n, n), jnp.float32)
-  f = jax.jit(jnp.dot)
-  r = bench_pure(f"matmul_f32_{n}", f, (a, b), iters=iters)
+  a = jax.random.normal(k1, (n, n), jnp.float32).astype(dtype)
+  b = jax.random.normal(k2, (n, n), jnp.float32).astype(dtype)
+  f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+  r = bench_pure(f"matmul_{'f32' if dtype == 'float32' else 'bf16'}_{n}", f, (a, b),
+                 iters=iters)
   r["gflop"] = round(2 * n ** 3 / 1e9, 4)
   r["gflops_per_s"] = round(2 * n ** 3 / 1e9 / (r["median_ms"] / 1e3), 2)
-  r["fraction_of_peak"] = 1.0
+  r["fraction_of_peak"] = round(r["gflops_per_s"] / peak_gflops, 4) if peak_gflops else 1.0
   return r
 
 

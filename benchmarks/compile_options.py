@@ -39,8 +39,8 @@ OPTION_SETS = {
 def build(step: str, extra: dict):
   """(compiled, compile seconds, call) for ``step`` compiled with ``extra`` options added."""
   base = trainer.step_compiler_options
-  options = lambda mesh, stage="stage1", ssl=False: {  # noqa: E731
-      k: v for k, v in {**base(mesh, stage, ssl), **extra}.items() if v is not None}
+  options = lambda mesh, stage="stage1", ssl=False, mixed=False: {  # noqa: E731
+      k: v for k, v in {**base(mesh, stage, ssl, mixed), **extra}.items() if v is not None}
   with mock.patch.object(trainer, "step_compiler_options", options):
     if step == "stage2":
       jitted, state, args = stage2_bench.build_train(256)

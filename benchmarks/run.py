@@ -5,11 +5,13 @@ min_ms, max_ms, gflops_per_s, fraction_of_peak, compile_s, peak_mem_mb, ...). Ev
 is the median of >= 20 calls after warm-up. ``fraction_of_peak`` is relative to a 2048^3
 float32 jnp.dot measured in the same run (row ``matmul_f32_2048``); row ``stream_f32_512mb``
 measures the memory bandwidth (``gb_per_s``) in the same run, for the memory-bound rows, and
-``stream_f32_512mb_new_output`` the same stream into freshly allocated memory.
+``stream_f32_512mb_new_output`` the same stream into freshly allocated memory. Row
+``matmul_bf16_2048`` is the same matmul with bfloat16 operands and float32 results.
 
 Names: stage1_{plain,barlowtwins,vibcreg,lfhf,vibcreg_lfhf}_b{128,32}, stage1_plain_L{128,512,
 1024}_b{32,128,512}, stage2_train_b{256,32}, stage2_train_lfhf_b128 (the default config's
-stage-2 step), sample_256_t10_s{1,2}, augment_<name>,
+stage-2 step), sample_256_t10_s{1,2}, stage2_train_b256_bf16 and sample_256_t10_s1_bf16 (with
+``stage2.matmul_dtype='bfloat16'``), augment_<name>,
 augment_default_views, data_pipeline (both host/device rows). ``--only`` also accepts a
 prefix ending in '*' (e.g. ``stage1_*``).
 """
@@ -33,7 +35,7 @@ ALL_NAMES = ([f"stage1_{v}_b{b}" for b in (128, 32) for v in stage1_bench.VARIAN
              + [f"stage1_plain_L{l}_b{b}" for l in (128, 512, 1024) for b in (32, 128, 512)]
              + ["stage2_train_b256", "stage2_train_b32", "stage2_train_lfhf_b128",
                 "sample_256_t10_s1",
-                "sample_256_t10_s2"]
+                "sample_256_t10_s2", "stage2_train_b256_bf16", "sample_256_t10_s1_bf16"]
              + [f"augment_{n}" for n in list(__import__("tsgen_jax.augment").augment.AUGMENTATIONS)
                 + ["default_views"]]
              + ["data_pipeline_host_batch", "data_pipeline_device_batch"])
@@ -124,9 +126,11 @@ def main(argv=None):
   print(json.dumps(info), flush=True)
   peak = common.matmul_peak()
   print(peak, flush=True)
+  peak_bf16 = common.matmul_peak(dtype="bfloat16", peak_gflops=peak["gflops_per_s"])
+  print(peak_bf16, flush=True)
   bandwidth = [common.memory_bandwidth(in_place=True), common.memory_bandwidth(in_place=False)]
   print(bandwidth, flush=True)
-  rows = [peak, *bandwidth]
+  rows = [peak, peak_bf16, *bandwidth]
   pk = peak["gflops_per_s"]
 
   def save():

@@ -16,8 +16,9 @@ from tsgen_jax import stage1 as stage1_lib
 NUM_CLASSES = 3
 
 
-def _setup(batch: int, lfhf: bool = False):
+def _setup(batch: int, lfhf: bool = False, matmul_dtype: str = "float32"):
   cfg = base_config()
+  cfg.stage2.matmul_dtype = matmul_dtype
   # False: one prior over 40 tokens, as the NC-VQVAE reference; True: the default LF and HF
   # priors (8 tokens, then 32 tokens after the 8 LF ones).
   cfg.stage1.lfhf = lfhf
@@ -31,19 +32,22 @@ def _setup(batch: int, lfhf: bool = False):
   return cfg, s1_model, s1_vars, specs, priors, state, tx
 
 
-def build_train(batch: int, lfhf: bool = False):
-  """(jitted step, state, (token batch, rng)) for the stage-2 train step at ``batch``."""
-  cfg, _, _, specs, priors, state, tx = _setup(batch, lfhf)
+def build_train(batch: int, lfhf: bool = False, matmul_dtype: str = "float32"):
+  """(jitted step, state, (token batch, rng)) for the stage-2 train step at ``batch``
+  (``matmul_dtype``: ``stage2.matmul_dtype``)."""
+  cfg, _, _, specs, priors, state, tx = _setup(batch, lfhf, matmul_dtype)
   step = stage2.make_train_step(priors, specs, cfg.stage2, NUM_CLASSES, tx)
   mesh = sharding.make_mesh()
   state = sharding.replicate_tree(state, mesh)
-  jitted = trainer.compile_step(step, mesh, state, stage="stage2")
+  jitted = trainer.compile_step(step, mesh, state, stage="stage2",
+                                mixed=cfg.stage2.matmul_dtype == "bfloat16")
   return jitted, state, (token_batch(specs, batch, mesh), jax.random.key(2))
 
 
-def bench_train(batch: int, peak_gflops=None, iters=common.DEFAULT_ITERS, lfhf: bool = False):
-  jitted, state, args = build_train(batch, lfhf)
-  name = f"stage2_train_{'lfhf_' if lfhf else ''}b{batch}"
+def bench_train(batch: int, peak_gflops=None, iters=common.DEFAULT_ITERS, lfhf: bool = False,
+                matmul_dtype: str = "float32"):
+  jitted, state, args = build_train(batch, lfhf, matmul_dtype)
+  name = f"stage2_train_{'lfhf_' if lfhf else ''}b{batch}{_suffix(matmul_dtype)}"
   return common.bench_stateful(name, jitted, state, args, iters, peak_gflops)
 
 
@@ -57,17 +61,21 @@ def token_batch(specs, batch: int, mesh) -> dict:
   return jax.device_put(b, sharding.data_sharding(mesh))
 
 
+def _suffix(matmul_dtype: str) -> str:
+  return "" if matmul_dtype == "float32" else "_bf16"
+
+
 def bench_sample(num: int, steps: int, scale: float, peak_gflops=None,
-                 iters=common.DEFAULT_ITERS):
+                 iters=common.DEFAULT_ITERS, matmul_dtype: str = "float32"):
   """Samples ``num`` series as the pipeline does (``stage2.generate``: sampler calls of
   ``sample.batch_size`` class ids each, the default config's) and times the whole."""
-  cfg, s1_model, s1_vars, specs, priors, state, _ = _setup(256)
+  cfg, s1_model, s1_vars, specs, priors, state, _ = _setup(256, matmul_dtype=matmul_dtype)
   cfg.sample.num_steps = steps
   cfg.sample.guidance_scale = scale
   chunk = min(int(cfg.sample.batch_size), num)
   sampler = stage2.make_sampler(priors, specs, s1_model, cfg.sample, NUM_CLASSES)
   ids = np.arange(num) % NUM_CLASSES
-  name = f"sample_{num}_t{steps}_s{scale:g}"
+  name = f"sample_{num}_t{steps}_s{scale:g}{_suffix(matmul_dtype)}"
   # XLA's cost analysis counts a fori_loop body once, so count the sampler's flops from its
   # parts: the transformer passes it makes (see sampling.iterative_decode) plus the decoder.
   calls, first = -(-num // chunk), jnp.asarray(ids[:chunk], jnp.int32)
@@ -134,4 +142,11 @@ def rows(peak_gflops, only=None):
     if not only or f"sample_256_t10_s{s:g}" in only:
       out.append(bench_sample(256, 10, s, peak_gflops))
       print(out[-1], flush=True)
+  # stage2.matmul_dtype='bfloat16' (mixed precision, benchmarks/NOTES.md item 21)
+  if not only or "stage2_train_b256_bf16" in only:
+    out.append(bench_train(256, peak_gflops, matmul_dtype="bfloat16"))
+    print(out[-1], flush=True)
+  if not only or "sample_256_t10_s1_bf16" in only:
+    out.append(bench_sample(256, 10, 1.0, peak_gflops, matmul_dtype="bfloat16"))
+    print(out[-1], flush=True)
   return out

@@ -45,6 +45,10 @@ def test_alternate_calls_interleaves_rounds_and_stateful_call_carries_state():
 def test_reference_rows_use_their_own_units():
   mm = common.matmul_peak(n=64, iters=3)
   assert mm["gflop"] == round(2 * 64 ** 3 / 1e9, 4) and mm["fraction_of_peak"] == 1.0
+  assert mm["name"] == "matmul_f32_64"
+  bf16 = common.matmul_peak(n=64, iters=3, dtype="bfloat16", peak_gflops=mm["gflops_per_s"])
+  assert bf16["name"] == "matmul_bf16_64"
+  assert bf16["fraction_of_peak"] == round(bf16["gflops_per_s"] / mm["gflops_per_s"], 4)
   # The row keeps median_ms to 0.001 ms and GFLOP/s to 0.01, both computed from the unrounded
   # median: recomputing from the stored median is exact only up to those roundings.
   gflop, med = 2 * 64 ** 3 / 1e9, mm["median_ms"]

@@ -175,6 +175,13 @@ def test_stage2_steps_use_ynnpack_for_dots_only_with_the_same_results():
   opts = trainer.step_compiler_options(sharding.make_mesh(), "stage2")
   assert opts["xla_cpu_experimental_ynn_fusion_type"] == "LIBRARY_FUSION_TYPE_DOT"
   assert opts["xla_cpu_copy_insertion_use_region_analysis"] is True
+  # With bfloat16 matmuls (stage2.matmul_dtype), no YNNPACK fusion at all.
+  mixed = trainer.step_compiler_options(sharding.make_mesh(), "stage2", mixed=True)
+  assert mixed == dict(opts, xla_cpu_experimental_ynn_fusion_type="")
+  bf16 = tiny_config(**{"stage2.matmul_dtype": "bfloat16"})
+  assert run_lib.loop_config(bf16, "w", "stage2", bf16.stage2).mixed
+  assert not run_lib.loop_config(bf16, "w", "stage1", bf16.stage1).mixed
+  assert not run_lib.loop_config(tiny_config(), "w", "stage2", bf16.stage2).mixed
   out = _stage2_step_two_ways()
   (hlo1, (params1, m1)), (hlo2, (params2, m2)) = out["stage1"], out["stage2"]
   # The option reached XLA: fewer YNNPACK fusions (the elementwise and reduction ones go).

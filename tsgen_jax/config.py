@@ -119,7 +119,7 @@ def base_config() -> ml_collections.ConfigDict:
   s2.dropout = 0.0
   s2.p_unconditional = 0.2
   s2.label_smoothing = 0.1
-  s2.matmul_dtype = "float32"
+  s2.matmul_dtype = "float32"  # 'bfloat16': bf16 operands, float32 accumulation and results
   s2.checkpoint_every = 100
   s2.keep_checkpoints = 3
   s2.log_every = 50

@@ -110,7 +110,8 @@ def loop_config(cfg, workdir, stage: str, section) -> trainer.LoopConfig:
       log_every=int(section.log_every), checkpoint_every=int(section.checkpoint_every),
       keep_checkpoints=int(section.keep_checkpoints), identity=stage_identity(cfg, stage),
       allow_config_change=cfg.resume_ignore_config, skip_nonfinite=cfg.skip_nonfinite,
-      ssl=stage == "stage1" and cfg.stage1.ssl.method != "none")
+      ssl=stage == "stage1" and cfg.stage1.ssl.method != "none",
+      mixed=stage == "stage2" and cfg.stage2.matmul_dtype == "bfloat16")
 
 
 # -- stage 1 ----------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ class LoopConfig:
   allow_config_change: bool = False
   skip_nonfinite: bool = False
   ssl: bool = False  # a two-view stage-1 step (step_compiler_options)
+  mixed: bool = False  # a stage-2 step with bfloat16 matmuls (step_compiler_options)
 
 
 class _SignalFlag:
@@ -82,9 +83,11 @@ class _SignalFlag:
 STAGE1_YNN_FUSION_TYPES = "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"
 
 
-def step_compiler_options(mesh, stage: str = "stage1", ssl: bool = False) -> dict:
+def step_compiler_options(mesh, stage: str = "stage1", ssl: bool = False,
+                          mixed: bool = False) -> dict:
   """XLA options for the train step of ``stage`` on ``mesh``'s devices (``ssl``: a stage-1
-  step with ``ssl.method != 'none'``).
+  step with ``ssl.method != 'none'``; ``mixed``: a stage-2 step with
+  ``stage2.matmul_dtype='bfloat16'``).
 
   On CPU, every stage-1 step: YNNPACK fusions for dots and reductions only
   (``STAGE1_YNN_FUSION_TYPES``), so that the convolutions run in XLA's Eigen kernels. In this
@@ -110,8 +113,9 @@ def step_compiler_options(mesh, stage: str = "stage1", ssl: bool = False) -> dic
   On CPU, ``stage='stage2'`` (the MaskGIT prior) also: YNNPACK fusions for dots only. By
   default XLA:CPU also hands elementwise and reduction fusions to YNNPACK, which cannot take a
   broadcast inside; the RMSNorm backward passes then get each (D,) scale as a materialised
-  (B, S, D) array. Without them the prior's step is 8-10 % faster (item 11). Sampling keeps
-  XLA's defaults.
+  (B, S, D) array. Without them the prior's step is 8-10 % faster (item 11). With ``mixed``,
+  no YNNPACK fusion at all: YNNPACK's dots with bfloat16 operands and float32 results ran at
+  half the rate of XLA's own on an AVX512-BF16 CPU (item 21). Sampling keeps XLA's defaults.
 
   Other platforms: no options.
   """
@@ -123,20 +127,20 @@ def step_compiler_options(mesh, stage: str = "stage1", ssl: bool = False) -> dic
       options["xla_cpu_copy_insertion_use_region_analysis"] = True
     return options
   return {"xla_cpu_copy_insertion_use_region_analysis": True,
-          "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+          "xla_cpu_experimental_ynn_fusion_type": "" if mixed else "LIBRARY_FUSION_TYPE_DOT"}
 
 
 def compile_step(train_step: Callable, mesh, state, compiler_options: dict | None = None,
-                 stage: str = "stage1", ssl: bool = False):
+                 stage: str = "stage1", ssl: bool = False, mixed: bool = False):
   """jit-compiles ``train_step`` with the state donated, the batch on 'data'. The state is
   replicated, or FSDP-sharded over 'model' when the mesh has ``model > 1``
   (:func:`sharding.state_shardings`). ``compiler_options``: XLA options, by default
-  ``step_compiler_options(mesh, stage, ssl)``."""
+  ``step_compiler_options(mesh, stage, ssl, mixed)``."""
   rep = sharding.replicated(mesh)
   state_sh = sharding.state_shardings(state, mesh)
   batch_sh = sharding.data_sharding(mesh)
   if compiler_options is None:
-    compiler_options = step_compiler_options(mesh, stage, ssl)
+    compiler_options = step_compiler_options(mesh, stage, ssl, mixed)
   return jax.jit(train_step, in_shardings=(state_sh, batch_sh, rep),
                  out_shardings=(state_sh, rep), donate_argnums=(0,),
                  compiler_options=compiler_options or None)
@@ -182,7 +186,7 @@ def run(lc: LoopConfig, state, train_step: Callable, stream: BatchStream, mesh,
     print(f"[{lc.stage}] complete at step {start}, skipping", flush=True)
     return state
   step_fn = compile_step(with_finite_guard(train_step, lc.skip_nonfinite), mesh, state,
-                         stage=lc.stage, ssl=lc.ssl)
+                         stage=lc.stage, ssl=lc.ssl, mixed=lc.mixed)
   is_main = jax.process_index() == 0
   writer = metrics_writer.MetricsWriter(lc.workdir, lc.stage, enabled=is_main)
   progress = metrics_writer.Progress(lc.stage, lc.num_steps, start, enabled=is_main)

@@ -18,6 +18,7 @@ The pure training helpers live here next to the model (:func:`mask_ratio_schedul
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -69,29 +70,103 @@ def take_rows(x: jax.Array, index: jax.Array) -> jax.Array:
                   mode="clip").reshape(index.shape + x.shape[2:])
 
 
+def is_mixed(dtype) -> bool:
+  """Whether matmuls in ``dtype`` are mixed-precision: bfloat16 operands, float32 results."""
+  return jnp.dtype(dtype) == jnp.bfloat16
+
+
+def _operand(a: jax.Array, mixed: bool) -> jax.Array:
+  return a.astype(jnp.bfloat16) if mixed else a
+
+
+def _dot(spec: str, a: jax.Array, b: jax.Array, mixed: bool) -> jax.Array:
+  """``jnp.einsum(spec, a, b)``; ``mixed``: bfloat16 operands, float32 accumulation and
+  result."""
+  return jnp.einsum(spec, _operand(a, mixed), _operand(b, mixed),
+                    preferred_element_type=jnp.float32 if mixed else None)
+
+
 @jax.custom_vjp
-def project_jointly(x: jax.Array, kernels: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+def mixed_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+  """``x @ w`` for x (..., M) and w (M, N), with bfloat16 operands and float32 accumulation:
+  float32 (..., N).
+
+  The gradient is mixed-precision too: the float32 output gradient is rounded to bfloat16 and
+  both gradient matmuls take bfloat16 operands and accumulate in float32 (as mixed-precision
+  training does elsewhere); dx and dw come back in x's and w's dtypes. On a CPU with
+  AVX512-BF16 such matmuls ran at 1.6-2.2x the float32 rate (weight gradients excepted);
+  bfloat16 results would not (XLA:CPU's bfloat16-output dots are slower than float32 ones;
+  benchmarks/NOTES.md item 21).
+  """
+  return _dot("...m,mn->...n", x, w, True)
+
+
+def _mixed_matmul_fwd(x, w):
+  return mixed_matmul(x, w), (x.astype(jnp.bfloat16), w.astype(jnp.bfloat16),
+                              jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))
+
+
+def _mixed_matmul_bwd(res, g):
+  xb, wb, x_like, w_like = res
+  gb = g.astype(jnp.bfloat16)
+  m, n = wb.shape
+  dx = jnp.einsum("...n,mn->...m", gb, wb, preferred_element_type=jnp.float32)
+  dw = jnp.einsum("km,kn->mn", xb.reshape(-1, m), gb.reshape(-1, n),
+                  preferred_element_type=jnp.float32)
+  return dx.astype(x_like.dtype), dw.astype(w_like.dtype)
+
+
+mixed_matmul.defvjp(_mixed_matmul_fwd, _mixed_matmul_bwd)
+
+
+def mixed_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+  """``lax.dot_general`` for ``nn.Dense(dot_general=...)``, computed by :func:`mixed_matmul`:
+  lhs (..., M) contracted with rhs (M, N) on M, float32 (..., N). Other dimension numbers are
+  a ValueError; ``precision`` and ``preferred_element_type`` are ignored."""
+  del precision, preferred_element_type
+  (lc, rc), (lb, rb) = dimension_numbers
+  if tuple(lc) != (lhs.ndim - 1,) or tuple(rc) != (0,) or lb or rb or rhs.ndim != 2:
+    raise ValueError(f"mixed_dot_general takes (..., M) x (M, N), got {dimension_numbers}")
+  return mixed_matmul(lhs, rhs)
+
+
+def dense(features: int, dtype: Any, name: str) -> nn.Dense:
+  """``nn.Dense(features)`` whose matmul runs in ``dtype``: float32, or with bfloat16 the
+  mixed-precision :func:`mixed_matmul` (float32 parameters, inputs and outputs)."""
+  if is_mixed(dtype):
+    return nn.Dense(features, dtype=jnp.float32, dot_general=mixed_dot_general, name=name)
+  return nn.Dense(features, dtype=dtype, name=name)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def project_jointly(x: jax.Array, kernels: tuple[jax.Array, ...],
+                    mixed: bool = False) -> tuple[jax.Array, ...]:
   """``tuple(x @ k for k in kernels)`` for x (B, S, M) and kernels (M, d_j): (B, S, d_j) each.
 
   The forward pass is one matmul with the kernels side by side, its output sliced; the
   backward pass computes each kernel's gradient and its share of x's as separate matmuls, as
   autodiff of the separate products does. Autodiff of the joint matmul would instead assemble
   the (B, S, sum d_j) output gradient from the slices' gradients first, and on XLA:CPU that
-  cost what the joint forward saves (benchmarks/NOTES.md item 20).
+  cost what the joint forward saves (benchmarks/NOTES.md item 20). ``mixed``: every matmul,
+  forward and backward, as :func:`mixed_matmul`'s (float32 results).
   """
-  y = jnp.einsum("bsm,md->bsd", x, jnp.concatenate(kernels, axis=1))
+  y = _dot("bsm,md->bsd", x, jnp.concatenate(kernels, axis=1), mixed)
   ends = np.cumsum([k.shape[1] for k in kernels])
   return tuple(y[..., e - k.shape[1]:e] for k, e in zip(kernels, ends))
 
 
-def _project_jointly_fwd(x, kernels):
-  return project_jointly(x, kernels), (x, kernels)
+def _project_jointly_fwd(x, kernels, mixed):
+  res = (_operand(x, mixed), tuple(_operand(k, mixed) for k in kernels),
+         jnp.zeros((0,), x.dtype), tuple(jnp.zeros((0,), k.dtype) for k in kernels))
+  return project_jointly(x, kernels, mixed), res
 
 
-def _project_jointly_bwd(res, grads):
-  x, kernels = res
-  dx = sum(jnp.einsum("bsd,md->bsm", g, k) for g, k in zip(grads, kernels))
-  return dx, tuple(jnp.einsum("bsm,bsd->md", x, g) for g in grads)
+def _project_jointly_bwd(mixed, res, grads):
+  x, kernels, x_like, k_like = res
+  grads = tuple(_operand(g, mixed) for g in grads)
+  dx = sum(_dot("bsd,md->bsm", g, k, mixed) for g, k in zip(grads, kernels))
+  dk = tuple(_dot("bsm,bsd->md", x, g, mixed).astype(z.dtype) for g, z in zip(grads, k_like))
+  return dx.astype(x_like.dtype), dk
 
 
 project_jointly.defvjp(_project_jointly_fwd, _project_jointly_bwd)
@@ -124,7 +199,8 @@ class SelfAttention(nn.Module):
                queries: jax.Array | None = None, index: jax.Array | None = None,
                query_index: jax.Array | None = None,
                joint_projection: bool = False) -> jax.Array:
-    """x: (B, S, H) -> (B, S, features), in ``dtype``.
+    """x: (B, S, H) -> (B, S, features), in ``dtype`` (float32 when ``dtype`` is bfloat16:
+    its matmuls are then :func:`mixed_matmul`'s, bfloat16 operands and float32 results).
 
     ``joint_projection``: compute the queries, keys and values of every head as one matmul
     (:func:`project_jointly`); the same values, a different matmul shape. The prior's train
@@ -143,25 +219,31 @@ class SelfAttention(nn.Module):
     if feat % h:
       raise ValueError(f"features {feat} must be divisible by num_heads {h}")
     d = feat // h
-    w = {n: _Kernel((x.shape[-1], h, d), name=n)().astype(self.dtype)
+    # mixed: bfloat16 operands, float32 activations (mixed_matmul); else all in self.dtype.
+    mixed = is_mixed(self.dtype)
+    act_dtype = jnp.float32 if mixed else self.dtype
+    w = {n: _Kernel((x.shape[-1], h, d), name=n)().astype(act_dtype)
          for n in ("query", "key", "value")}
-    x = x.astype(self.dtype)
+    x = x.astype(act_dtype)
     if index is not None:
       if queries is not None:
         raise ValueError("queries must be None when x is a table (index given)")
       query_index = index if query_index is None else query_index
 
       def project(rows, n, i):
-        return take_table_rows(jnp.dot(x, w[n][:, i]), rows)
+        y = mixed_matmul(x, w[n][:, i]) if mixed else jnp.dot(x, w[n][:, i])
+        return take_table_rows(y, rows)
     else:
-      xq = x if queries is None else queries.astype(self.dtype)
+      xq = x if queries is None else queries.astype(act_dtype)
 
       def project(rows, n, i):
+        if mixed:
+          return mixed_matmul(rows, w[n][:, i])
         return jnp.einsum("bsm,md->bsd", rows, w[n][:, i])
     joint = {}
     if joint_projection and index is None and queries is None:
       names = [(n, i) for i in range(h) for n in ("query", "key", "value")]
-      joint = dict(zip(names, project_jointly(x, tuple(w[n][:, i] for n, i in names))))
+      joint = dict(zip(names, project_jointly(x, tuple(w[n][:, i] for n, i in names), mixed)))
     heads = []
     for i in range(h):
       if joint:
@@ -170,19 +252,22 @@ class SelfAttention(nn.Module):
         q = project(xq if index is None else query_index, "query", i)
         k, v = (project(x if index is None else index, n, i) for n in ("key", "value"))
       logits = jnp.einsum("bqd,bkd->bqk", q / jnp.sqrt(jnp.asarray(d, q.dtype)), k)
-      weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+      weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(act_dtype)
       if self.dropout_rate > 0.0 and not deterministic:
         weights = nn.Dropout(self.dropout_rate, deterministic=False)(weights)
       heads.append(jnp.einsum("bqk,bkd->bqd", weights, v))
-    w_out = _Kernel((h, d, feat), n_in=2, name="out")().astype(self.dtype)
+    w_out = _Kernel((h, d, feat), n_in=2, name="out")().astype(act_dtype)
     o = jnp.concatenate(heads, axis=-1) if h > 1 else heads[0]  # (B, S, heads * d)
+    if mixed:
+      return mixed_matmul(o, w_out.reshape(h * d, feat))
     return jnp.einsum("bsk,kf->bsf", o, w_out.reshape(h * d, feat))
 
 
 class TransformerBlock(nn.Module):
   """Pre-norm block: ``x + Attn(RMSNorm(x))`` then ``x + MLP(RMSNorm(x))``, no causal mask.
 
-  The residual stream stays in float32; attention and MLP matmuls run in ``dtype``. The
+  The residual stream stays in float32; attention and MLP matmuls run in ``dtype`` (bfloat16:
+  mixed precision, :func:`mixed_matmul`). The
   attention is :class:`SelfAttention` (flax's multi-head attention, one head at a time; in
   training its queries, keys and values come from one joint matmul, ``joint_projection``).
   The attention projections have no bias, as in x-transformers (TimeVQVAE's prior): the key
@@ -224,9 +309,9 @@ class TransformerBlock(nn.Module):
     x = x + h.astype(x.dtype)
 
     h = nn.RMSNorm(name="mlp_norm")(x)
-    h = nn.Dense(self.hidden_dim * self.ff_mult, dtype=self.dtype, name="mlp_in")(h)
+    h = dense(self.hidden_dim * self.ff_mult, self.dtype, "mlp_in")(h)
     h = nn.gelu(h)
-    h = nn.Dense(self.hidden_dim, dtype=self.dtype, name="mlp_out")(h)
+    h = dense(self.hidden_dim, self.dtype, "mlp_out")(h)
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     return x + h.astype(x.dtype)
 
@@ -241,8 +326,9 @@ class MaskGITTransformer(nn.Module):
     hidden_dim, n_layers, n_heads, ff_mult, dropout: transformer sizes.
     code_dim: width of the token embedding table (the stage-1 code dimension), projected to
       ``hidden_dim`` by a Dense layer.
-    dtype: matmul computation dtype (e.g. ``jnp.bfloat16``); parameters stay float32 and the
-      logits are returned as float32.
+    dtype: the matmuls' operand dtype: float32, or ``jnp.bfloat16`` for mixed precision
+      (:func:`mixed_matmul`: bfloat16 operands, float32 accumulation and results, in the
+      forward and the backward pass). Parameters, activations and logits stay float32.
     first_block_table: the first block's input rows take few distinct values: each is a
       class id's, a (prefix token, place) pair's or a (token id, position) pair's embedding
       plus its position embedding, (C + 1) + P * prefix_vocab + N * (K + 1) rows in all (1323
@@ -320,14 +406,14 @@ class MaskGITTransformer(nn.Module):
              for k, v in ids.items()}
     tok = nn.Embed(self.codebook_size + 1, self.code_dim, embedding_init=_EMBED_INIT,
                    name="token_embed")(ids["token"].astype(jnp.int32))
-    tok = nn.Dense(self.hidden_dim, dtype=self.dtype, name="token_proj")(tok)
+    tok = dense(self.hidden_dim, self.dtype, "token_proj")(tok)
     cls = nn.Embed(self.num_classes + 1, self.hidden_dim, embedding_init=_EMBED_INIT,
                    name="class_embed")(ids["class"].astype(jnp.int32))
     parts = [cls]
     if self.num_prefix_tokens:
       pre = nn.Embed(self.prefix_vocab, self.code_dim, embedding_init=_EMBED_INIT,
                      name="prefix_embed")(ids["prefix"].astype(jnp.int32))
-      parts.append(nn.Dense(self.hidden_dim, dtype=self.dtype, name="prefix_proj")(pre)
+      parts.append(dense(self.hidden_dim, self.dtype, "prefix_proj")(pre)
                    .astype(jnp.float32))
     parts.append(tok.astype(jnp.float32))
     pos = self.param("pos_embed", _EMBED_INIT, (self.num_tokens + n_ctx, self.hidden_dim))
@@ -358,7 +444,7 @@ class MaskGITTransformer(nn.Module):
     if rows is not None and not self.n_layers:
       x = take_rows(x, rows)
     x = nn.RMSNorm(name="out_norm")(x[:, n_ctx:])
-    logits = nn.Dense(self.codebook_size, dtype=self.dtype, name="head")(x)
+    logits = dense(self.codebook_size, self.dtype, "head")(x)
     return logits.astype(jnp.float32)
 
 
