@@ -109,3 +109,33 @@ def test_lfhf_two_priors_and_unlabeled_data(tmp_path):
   assert res["stage2"]["num_steps"] == 3
   assert {"perplexity_lf", "perplexity_hf", "codebook_usage_hf"} <= set(res["stage1"])
   assert "probe_svm_acc" not in res["stage1"]  # unlabeled: no probes
+
+
+def test_sample_matmul_dtype_overrides_the_priors_dtype():
+  """``sample.matmul_dtype='bfloat16'`` samples a float32-trained prior with mixed-precision
+  matmuls (bfloat16 operands in the sampler's dots), '' keeps the prior's float32."""
+  import jax
+  from test_maskgit import _dot_dtypes
+  from tsgen_jax import stage1 as stage1_lib
+  from tsgen_jax import stage2 as stage2_lib
+  from tsgen_jax.models import stage1 as stage1_model
+  cfg = tiny_config()
+  s1_model = stage1_model.from_config(cfg, 1, cfg.dataset.length)
+  s1_vars = stage1_lib.init_variables(s1_model, jax.random.key(0), 1, cfg.dataset.length, False)
+  specs = stage2_lib.prior_specs(s1_model)
+  priors = stage2_lib.build_priors(cfg, s1_model, 3)
+  codebooks = s1_model.apply(s1_vars, method="codebooks")
+  state, _ = stage2_lib.init_state(cfg, priors, specs, codebooks, jax.random.key(1))
+  ids = jax.numpy.array([0, 1, 2, 3], jax.numpy.int32)
+  for dtype in ("", "bfloat16"):
+    cfg.sample.matmul_dtype = dtype
+    sampler = stage2_lib.make_sampler(priors, specs, s1_model, cfg.sample, 3)
+    args = (state.params, s1_vars, jax.random.key(2), ids)
+    dots = _dot_dtypes(jax.make_jaxpr(sampler)(*args).jaxpr)
+    assert any(d[0] == "bfloat16" for d in dots) == (dtype == "bfloat16")
+    x, tokens = sampler(*args)
+    assert x.shape == (4, 1, cfg.dataset.length) and np.all(np.isfinite(x))
+  assert all(m.dtype == jax.numpy.float32 for m in priors.values())  # the priors unchanged
+  cfg.sample.matmul_dtype = "float16"
+  with pytest.raises(ConfigError, match="sample.matmul_dtype"):
+    run_lib.run(cfg, "unused")

@@ -139,6 +139,10 @@ def base_config() -> ml_collections.ConfigDict:
   # only at its steps' [MASK] positions (sampling.iterative_decode). 0: at every position.
   sm.masked_logits_segments = 3
   sm.original_scale = False  # map samples back to the data's original scale
+  # The sampler's matmuls: '' (as stage2.matmul_dtype), 'float32' or 'bfloat16' (mixed
+  # precision, as stage2.matmul_dtype='bfloat16'; on an AVX512-BF16 CPU ~1.5x the series/s,
+  # benchmarks/NOTES.md item 21). Independent of how the prior was trained.
+  sm.matmul_dtype = ""
 
   c.eval = ev = ml_collections.ConfigDict()
   ev.num_plot_per_class = 3
@@ -206,6 +210,9 @@ def validate(cfg) -> None:
   if cfg.stage1.matmul_dtype not in ("float32", "bfloat16") or \
       cfg.stage2.matmul_dtype not in ("float32", "bfloat16"):
     raise ConfigError("config.stage*.matmul_dtype must be 'float32' or 'bfloat16'")
+  if cfg.sample.matmul_dtype not in ("", "float32", "bfloat16"):
+    raise ConfigError(f"config.sample.matmul_dtype={cfg.sample.matmul_dtype!r}: expected '' (as "
+                      "stage2.matmul_dtype), 'float32' or 'bfloat16'")
   if cfg.stage1.conv_wgrad_chunk < -1:
     raise ConfigError(f"config.stage1.conv_wgrad_chunk={cfg.stage1.conv_wgrad_chunk!r}: expected "
                       "-1 (auto), 0 (off) or a number of rows > 0")

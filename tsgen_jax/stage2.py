@@ -167,8 +167,14 @@ def make_sampler(priors, specs, stage1_model, sample_cfg, num_classes: int):
 
   The whole decode (T steps per prior, as fori_loops) and the stage-1 decoder run in one
   compiled function. ``class_ids`` equal to ``num_classes`` request unconditional samples.
+  ``sample_cfg.matmul_dtype`` ('float32' / 'bfloat16', if set) replaces the priors' matmul
+  dtype for sampling (the same parameters).
   """
   null = num_classes  # always valid: the null class id
+  dtype = str(sample_cfg.get("matmul_dtype", "") or "")
+  if dtype:
+    priors = {b: m.clone(dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32)
+              for b, m in priors.items()}
   scale = float(sample_cfg.guidance_scale)
 
   @jax.jit
