@@ -1,0 +1,68 @@
+"""Train steps per XLA call: one step per call (as the training loop runs) against K steps
+unrolled in one jitted call, alternated (benchmarks/NOTES.md item 21, "next").
+
+  python -m benchmarks.steps_per_call plain 4 10    # step, K, timed rounds
+  python -m benchmarks.steps_per_call stage2 2 10
+
+Steps: a stage1_bench variant at B = 128 (L = 128) or ``stage2`` (the prior's step, B = 256).
+The K-step call runs ``lax.scan(step, state, K stacked copies of the batch, unroll=True)``
+with the step's compile options; a rolled scan ran the plain step ~40x slower on XLA:CPU.
+Prints the median time per step of each form. XLA:CPU maps a call's temporaries afresh each
+call (benchmarks/NOTES.md, "Investigated": page faults), so K steps per call pay that once.
+"""
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import common, stage1_bench, stage2_bench
+from tsgen_jax import host_memory, sharding, stage1, stage2, trainer
+from tsgen_jax import run as run_lib
+from tsgen_jax.data import load_dataset
+
+
+def _step_state_batch(name: str):
+  """(pure train step, replicated state, batch, compile options) for ``name``."""
+  mesh = sharding.make_mesh()
+  if name == "stage2":
+    cfg, _, _, specs, priors, state, tx = stage2_bench._setup(256)
+    step = stage2.make_train_step(priors, specs, cfg.stage2, stage2_bench.NUM_CLASSES, tx)
+    batch = stage2_bench.token_batch(specs, 256, mesh)
+    opts = trainer.step_compiler_options(mesh, "stage2")
+  else:
+    cfg = stage1_bench.make_config(name, 128, 128)
+    model, state, tx = run_lib.stage1_setup(cfg, load_dataset(cfg.dataset, cfg.stft.n_fft))
+    step = stage1.make_train_step(model, cfg.stage1, tx)
+    batch = jax.device_put(common.random_batch(128, 1, 128), sharding.data_sharding(mesh))
+    opts = trainer.step_compiler_options(mesh, ssl=cfg.stage1.ssl.method != "none")
+  return step, sharding.replicate_tree(state, mesh), batch, opts
+
+
+def calls(name: str, k: int) -> dict:
+  """{'1': call, 'K': call}: one step per call, and K unrolled steps per call."""
+  step, state, batch, opts = _step_state_batch(name)
+  rng = jax.random.key(1)
+
+  def k_steps(state, batches, rng):
+    return jax.lax.scan(lambda s, b: step(s, b, rng), state, batches, unroll=True)
+
+  stacked = jax.tree.map(lambda a: jnp.stack([a] * k), batch)
+  out = {}
+  for label, fn, b in (("1", step, batch), (str(k), k_steps, stacked)):
+    s = jax.tree.map(jnp.copy, state)
+    compiled = jax.jit(fn, donate_argnums=(0,), compiler_options=opts).lower(s, b, rng).compile()
+    out[label] = common.stateful_call(compiled, s, b, rng)
+    out[label]()
+  return out
+
+
+if __name__ == "__main__":
+  host_memory.start()  # TSGEN_MALLOC=hugepages: restart once with huge-page malloc
+  if len(sys.argv) != 4:
+    sys.exit(__doc__)
+  name, k, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+  times = common.alternate_calls(calls(name, k), rounds)
+  for label, t in times.items():
+    print(f"{name}, {label} step(s) per call: {np.median(t) * 1e3 / int(label):.1f} ms per step "
+          f"(min {np.min(t) * 1e3 / int(label):.1f}, {len(t)} calls)")
