@@ -111,7 +111,7 @@ def test_sigterm_saves_and_exits_zero(tmp_path):
 
 # -- non-finite guard -----------------------------------------------------------------------
 
-def _toy_loop(tmp_path, skip, nan_at=3, num_steps=6):
+def _toy_loop(tmp_path, skip, nan_at=3, num_steps=6, steps_per_call=1):
   """trainer.run on a one-parameter model whose loss is NaN on batch ``nan_at`` (0-based)."""
   from tsgen_jax import sharding, train_state
   from tsgen_jax.data import BatchStream
@@ -132,23 +132,56 @@ def _toy_loop(tmp_path, skip, nan_at=3, num_steps=6):
     return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, upd),
                          opt_state=opt), {"loss": loss, "recon": loss * 0 + 1}
 
-  lc = trainer.LoopConfig("stage1", str(tmp_path), num_steps, 0, 1, 2, 5, {}, False, skip)
+  lc = trainer.LoopConfig("stage1", str(tmp_path), num_steps, 0, 1, 2, 5, {}, False, skip,
+                          steps_per_call=steps_per_call)
   mesh = sharding.make_mesh()
   return trainer.run(lc, state, step, BatchStream(split, 4, 0), mesh)
 
 
-def test_nonfinite_loss_stops_naming_step_and_term(tmp_path):
+@pytest.mark.parametrize("steps_per_call", [1, 3])
+def test_nonfinite_loss_stops_naming_step_and_term(tmp_path, steps_per_call):
   with pytest.raises(trainer.NonFiniteError, match=r"step 4 in loss.*step 2\) is kept"):
-    _toy_loop(tmp_path, skip=False)
+    _toy_loop(tmp_path, skip=False, steps_per_call=steps_per_call)
   kept = sorted(d for d in os.listdir(tmp_path / "checkpoints" / "stage1") if d.isdigit())
   assert kept == ["2"]
 
 
-def test_skip_nonfinite_skips_the_batch(tmp_path):
-  state = _toy_loop(tmp_path, skip=True)
+@pytest.mark.parametrize("steps_per_call", [1, 3])
+def test_skip_nonfinite_skips_the_batch(tmp_path, steps_per_call):
+  state = _toy_loop(tmp_path, skip=True, steps_per_call=steps_per_call)
   assert int(state.step) == 6 and np.isfinite(float(state.params["w"]))
   rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
   assert rows[-1]["skipped_steps"] == 1.0
+  # Step 4's update was dropped: w is the float32 product of the five other SGD steps.
+  from tsgen_jax.data.pipeline import batch_indices
+  w, x = 1.0, np.arange(8, dtype=np.float64)
+  for i in range(6):
+    if i != 3:
+      w -= 0.1 * 2 * w * np.mean(x[batch_indices(0, i, 4, 8)] ** 2)
+  np.testing.assert_allclose(float(state.params["w"]), w, rtol=1e-5)
+
+
+def test_steps_per_call_trains_the_same_steps(tmp_path):
+  """stage1.steps_per_call = 3 over 7 steps with checkpoints every 4 (calls of 3, 1 and 3
+  steps): the checkpoints, logged steps and parameters of one step per call."""
+  runs = {}
+  for k in (1, 3):
+    workdir = str(tmp_path / f"k{k}")
+    cfg = tiny_config(run="stage1", **{"stage1.num_steps": 7, "stage1.checkpoint_every": 4,
+                                        "stage1.log_every": 2, "stage1.steps_per_call": k})
+    run_lib.run(cfg, workdir)
+    rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+    runs[k] = ([r["step"] for r in rows if r.get("stage") == "stage1"],
+               sorted(d for d in os.listdir(os.path.join(workdir, "checkpoints", "stage1"))
+                      if d.isdigit()), _params(workdir, "stage1", 7), rows)
+  assert runs[1][0] == runs[3][0] == [2, 4, 6, 7]
+  assert runs[1][1] == runs[3][1] == ["4", "7"]
+  for a, b in zip(jax.tree.leaves(runs[1][2]), jax.tree.leaves(runs[3][2])):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-5)
+  for r1, r3 in zip(runs[1][3], runs[3][3]):
+    if r1.get("stage") == "stage1":
+      np.testing.assert_allclose(r3["loss"], r1["loss"], rtol=1e-4)
 
 
 # -- checkpoints and config -----------------------------------------------------------------

@@ -63,6 +63,10 @@ def base_config() -> ml_collections.ConfigDict:
   # strided convs' input gradient by phases: benchmarks/NOTES.md items 9 and 19), off on
   # accelerators and on several devices; 0 = off (XLA's own gradients throughout).
   s1.conv_wgrad_chunk = -1
+  # Train steps per compiled call (trainer.compile_steps: unrolled, so compiling takes this many
+  # times as long; fewer page faults on CPU: at 4 the plain step -28 %, benchmarks/NOTES.md
+  # item 21). Chunks end at every checkpoint. Changing it does not block a resume.
+  s1.steps_per_call = 1
   # TimeVQVAE low/high-frequency split with two codebooks (and two priors). False = the
   # thesis' single codebook: it smooths away CBF's noise at the CPU budget (FID 45 vs 4 on
   # UCR CBF, results/stage2_study.md).
@@ -120,6 +124,7 @@ def base_config() -> ml_collections.ConfigDict:
   s2.p_unconditional = 0.2
   s2.label_smoothing = 0.1
   s2.matmul_dtype = "float32"  # 'bfloat16': bf16 operands, float32 accumulation and results
+  s2.steps_per_call = 1  # as stage1.steps_per_call (the prior's step at 4: -16 %)
   s2.checkpoint_every = 100
   s2.keep_checkpoints = 3
   s2.log_every = 50
@@ -160,12 +165,14 @@ _INTS = [
     ("stage1", "num_steps", 0), ("stage1", "batch_size", 1), ("stage1", "warmup_steps", 0),
     ("stage1", "dim", 1), ("stage1", "n_resnet_blocks", 0), ("stage1", "token_width", 1),
     ("stage1", "checkpoint_every", 1), ("stage1", "keep_checkpoints", 1),
-    ("stage1", "log_every", 1), ("stage1.vq", "codebook_size", 2),
+    ("stage1", "log_every", 1), ("stage1", "steps_per_call", 1),
+    ("stage1.vq", "codebook_size", 2),
     ("stage1.vq", "kmeans_iters", 1), ("stage1.ssl", "proj_dim", 1),
     ("stage2", "num_steps", 0), ("stage2", "batch_size", 1), ("stage2", "warmup_steps", 0),
     ("stage2", "hidden_dim", 1), ("stage2", "n_layers", 1), ("stage2", "n_heads", 1),
     ("stage2", "ff_mult", 1), ("stage2", "checkpoint_every", 1),
     ("stage2", "keep_checkpoints", 1), ("stage2", "log_every", 1),
+    ("stage2", "steps_per_call", 1),
     ("sample", "num_samples", 1), ("sample", "num_steps", 1), ("sample", "batch_size", 1),
     ("sample", "masked_logits_segments", 0),
     ("eval", "fcn_steps", 1), ("eval", "cas_seeds", 1), ("eval", "rocket_kernels", 1),

@@ -28,7 +28,8 @@ from tsgen_jax.models import stage1 as stage1_model
 
 # Config keys that may change between runs of one stage without invalidating checkpoints
 # (conv_wgrad_chunk changes only how a gradient is summed, not the model or its results).
-_VOLATILE = ("log_every", "checkpoint_every", "keep_checkpoints", "conv_wgrad_chunk")
+_VOLATILE = ("log_every", "checkpoint_every", "keep_checkpoints", "conv_wgrad_chunk",
+             "steps_per_call")
 
 # Keys added after runs existed, with the value that reproduces the older behaviour. They are
 # recorded in a stage's identity (and compared by the study) only when set to another value,
@@ -111,7 +112,8 @@ def loop_config(cfg, workdir, stage: str, section) -> trainer.LoopConfig:
       keep_checkpoints=int(section.keep_checkpoints), identity=stage_identity(cfg, stage),
       allow_config_change=cfg.resume_ignore_config, skip_nonfinite=cfg.skip_nonfinite,
       ssl=stage == "stage1" and cfg.stage1.ssl.method != "none",
-      mixed=stage == "stage2" and cfg.stage2.matmul_dtype == "bfloat16")
+      mixed=stage == "stage2" and cfg.stage2.matmul_dtype == "bfloat16",
+      steps_per_call=int(section.get("steps_per_call", 1)))
 
 
 # -- stage 1 ----------------------------------------------------------------------------------

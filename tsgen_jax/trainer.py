@@ -54,6 +54,7 @@ class LoopConfig:
   skip_nonfinite: bool = False
   ssl: bool = False  # a two-view stage-1 step (step_compiler_options)
   mixed: bool = False  # a stage-2 step with bfloat16 matmuls (step_compiler_options)
+  steps_per_call: int = 1  # train steps run by one compiled call (compile_steps)
 
 
 class _SignalFlag:
@@ -146,6 +147,41 @@ def compile_step(train_step: Callable, mesh, state, compiler_options: dict | Non
                  compiler_options=compiler_options or None)
 
 
+def compile_steps(train_step: Callable, mesh, state, k: int, stage: str = "stage1",
+                  ssl: bool = False, mixed: bool = False):
+  """``compile_step`` for ``k`` consecutive steps in one call: ``fn(state, batches, rngs) ->
+  (state, metrics)``, where ``batches`` is a tuple of k batches (each sharded as
+  ``compile_step``'s), ``rngs`` a (k,) key array, step i takes ``batches[i]`` and ``rngs[i]``,
+  and each metric comes back as (k,).
+
+  The steps are unrolled (``lax.scan(..., unroll=True)``; XLA:CPU ran a rolled loop of the
+  plain step ~40x slower), so compiling takes ~k times as long. One call maps XLA's per-call
+  temporaries once for k steps (on CPU each call faults them in afresh), and one step's tail
+  can overlap the next one's head: per step, k = 4 took the plain step 150 -> 108 ms and the
+  stage-2 step 584 -> 488 ms on a 2-core Zen 5 CPU (benchmarks/NOTES.md item 21).
+  """
+  def steps(state, batches, rngs):
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *batches)
+    return jax.lax.scan(lambda s, xs: train_step(s, *xs), state, (stacked, rngs), unroll=True)
+
+  rep = sharding.replicated(mesh)
+  batch_sh = sharding.data_sharding(mesh)
+  state_sh = sharding.state_shardings(state, mesh)
+  return jax.jit(steps, in_shardings=(state_sh, (batch_sh,) * k, rep),
+                 out_shardings=(state_sh, rep), donate_argnums=(0,),
+                 compiler_options=step_compiler_options(mesh, stage, ssl, mixed) or None)
+
+
+def _calls(start: int, end: int, k: int, checkpoint_every: int):
+  """Yields (first, last) step ranges, [first, last), of at most k steps each, covering
+  [start, end) and ending at every multiple of ``checkpoint_every``."""
+  step = start
+  while step < end:
+    stop = min(end, step + k, (step // checkpoint_every + 1) * checkpoint_every)
+    yield step, stop
+    step = stop
+
+
 def _nonfinite_terms(metrics: dict[str, float]) -> list[str]:
   return [k for k, v in metrics.items() if not math.isfinite(v)]
 
@@ -185,8 +221,25 @@ def run(lc: LoopConfig, state, train_step: Callable, stream: BatchStream, mesh,
   if start >= lc.num_steps:
     print(f"[{lc.stage}] complete at step {start}, skipping", flush=True)
     return state
-  step_fn = compile_step(with_finite_guard(train_step, lc.skip_nonfinite), mesh, state,
-                         stage=lc.stage, ssl=lc.ssl, mixed=lc.mixed)
+  guarded = with_finite_guard(train_step, lc.skip_nonfinite)
+  k = max(1, int(lc.steps_per_call))
+  compiled = {}  # steps per call -> compiled function
+
+  def run_steps(state, first, last, batches):
+    n = last - first
+    rngs = [jax.random.fold_in(base_key, s) for s in range(first, last)]
+    if k == 1:
+      if "one" not in compiled:
+        compiled["one"] = compile_step(guarded, mesh, state, stage=lc.stage, ssl=lc.ssl,
+                                       mixed=lc.mixed)
+      state, metrics = compiled["one"](state, batches[0], rngs[0])
+      return state, [metrics]
+    if n not in compiled:
+      compiled[n] = compile_steps(guarded, mesh, state, n, stage=lc.stage, ssl=lc.ssl,
+                                  mixed=lc.mixed)
+    state, metrics = compiled[n](state, tuple(batches), jnp.stack(rngs))
+    return state, [jax.tree.map(lambda m, i=i: m[i], metrics) for i in range(n)]
+
   is_main = jax.process_index() == 0
   writer = metrics_writer.MetricsWriter(lc.workdir, lc.stage, enabled=is_main)
   progress = metrics_writer.Progress(lc.stage, lc.num_steps, start, enabled=is_main)
@@ -194,25 +247,28 @@ def run(lc: LoopConfig, state, train_step: Callable, stream: BatchStream, mesh,
   skipped = 0
   try:
     with _SignalFlag() as flag:
-      for step, batch in stream.iterate(start, lc.num_steps):
-        state, metrics = step_fn(state, batch, jax.random.fold_in(base_key, step))
-        done = step + 1
-        if not float(metrics["finite"]):
-          bad = _nonfinite_terms(host_metrics(metrics))
-          if not lc.skip_nonfinite:
-            raise NonFiniteError(
-                f"{lc.stage}: non-finite value at step {done} in {', '.join(bad)}; the last "
-                f"good checkpoint (step {ckpt.latest_step()}) is kept. Lower the learning rate "
-                "or pass --config.skip_nonfinite=True to skip such batches")
-          skipped += 1
-          logging.warning("%s step %d: non-finite %s; batch skipped", lc.stage, done, bad)
-        if done % lc.log_every == 0 or done == lc.num_steps:
-          host = host_metrics(metrics)
-          del host["finite"]
-          if lc.skip_nonfinite:
-            host["skipped_steps"] = float(skipped)
-          writer.write(done, host)
-          progress.update(done, {k: host[k] for k in list(host)[:6]})
+      batches_iter = stream.iterate(start, lc.num_steps)
+      for first, last in _calls(start, lc.num_steps, k, lc.checkpoint_every):
+        batches = [next(batches_iter)[1] for _ in range(first, last)]
+        state, step_metrics = run_steps(state, first, last, batches)
+        for done, metrics in enumerate(step_metrics, start=first + 1):
+          if not float(metrics["finite"]):
+            bad = _nonfinite_terms(host_metrics(metrics))
+            if not lc.skip_nonfinite:
+              raise NonFiniteError(
+                  f"{lc.stage}: non-finite value at step {done} in {', '.join(bad)}; the last "
+                  f"good checkpoint (step {ckpt.latest_step()}) is kept. Lower the learning "
+                  "rate or pass --config.skip_nonfinite=True to skip such batches")
+            skipped += 1
+            logging.warning("%s step %d: non-finite %s; batch skipped", lc.stage, done, bad)
+          if done % lc.log_every == 0 or done == lc.num_steps:
+            host = host_metrics(metrics)
+            del host["finite"]
+            if lc.skip_nonfinite:
+              host["skipped_steps"] = float(skipped)
+            writer.write(done, host)
+            progress.update(done, {key: host[key] for key in list(host)[:6]})
+        done = last
         # Every process must stop at the same step (saving is collective).
         stop = distributed.any_process(flag.name is not None)
         if done % lc.checkpoint_every == 0 or done == lc.num_steps or stop:
