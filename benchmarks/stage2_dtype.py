@@ -10,7 +10,6 @@ bfloat16 operands and float32 results, under XLA's default options and with YNNP
 for dots only (the float32 stage-2 step's option), and prints GFLOP/s.
 """
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -62,14 +61,8 @@ def dots(iters: int) -> None:
         x, y = a.astype(dtype), b.astype(dtype)
         f = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32)).lower(
             x, y).compile(opts or None)
-        for _ in range(3):
-          jax.block_until_ready(f(x, y))
-        ts = []
-        for _ in range(iters):
-          t = time.perf_counter()
-          jax.block_until_ready(f(x, y))
-          ts.append(time.perf_counter() - t)
-        out.append(f"{dtype} {2 * m * k * n / np.median(ts) / 1e9:6.1f}")
+        ms = common.time_calls(lambda f=f, x=x, y=y: jax.block_until_ready(f(x, y)), iters, 3)
+        out.append(f"{dtype} {2 * m * k * n / np.median(ms) / 1e6:6.1f}")
       print(f"({m} x {k}) x ({k} x {n}) {name}: " + " | ".join(out) + " GFLOP/s", flush=True)
 
 

@@ -5,8 +5,9 @@ unrolled in one jitted call, alternated (benchmarks/NOTES.md item 21, "next").
   python -m benchmarks.steps_per_call stage2 2 10
 
 Steps: a stage1_bench variant at B = 128 (L = 128) or ``stage2`` (the prior's step, B = 256).
-The K-step call runs ``lax.scan(step, state, K stacked copies of the batch, unroll=True)``
-with the step's compile options; a rolled scan ran the plain step ~40x slower on XLA:CPU.
+The K-step call is ``trainer.compile_steps`` (``stage1.steps_per_call`` / ``stage2.
+steps_per_call``: K steps unrolled in a ``lax.scan``; a rolled scan ran the plain step ~40x
+slower on XLA:CPU), here over K copies of one batch.
 Prints the median time per step of each form. XLA:CPU maps a call's temporaries afresh each
 call (benchmarks/NOTES.md, "Investigated": page faults), so K steps per call pay that once.
 """
@@ -23,36 +24,36 @@ from tsgen_jax.data import load_dataset
 
 
 def _step_state_batch(name: str):
-  """(pure train step, replicated state, batch, compile options) for ``name``."""
+  """(pure train step, replicated state, batch, mesh, compile_step keywords) for ``name``."""
   mesh = sharding.make_mesh()
   if name == "stage2":
     cfg, _, _, specs, priors, state, tx = stage2_bench._setup(256)
     step = stage2.make_train_step(priors, specs, cfg.stage2, stage2_bench.NUM_CLASSES, tx)
     batch = stage2_bench.token_batch(specs, 256, mesh)
-    opts = trainer.step_compiler_options(mesh, "stage2")
+    kw = {"stage": "stage2"}
   else:
     cfg = stage1_bench.make_config(name, 128, 128)
     model, state, tx = run_lib.stage1_setup(cfg, load_dataset(cfg.dataset, cfg.stft.n_fft))
     step = stage1.make_train_step(model, cfg.stage1, tx)
     batch = jax.device_put(common.random_batch(128, 1, 128), sharding.data_sharding(mesh))
-    opts = trainer.step_compiler_options(mesh, ssl=cfg.stage1.ssl.method != "none")
-  return step, sharding.replicate_tree(state, mesh), batch, opts
+    kw = {"ssl": cfg.stage1.ssl.method != "none"}
+  return step, sharding.replicate_tree(state, mesh), batch, mesh, kw
 
 
 def calls(name: str, k: int) -> dict:
-  """{'1': call, 'K': call}: one step per call, and K unrolled steps per call."""
-  step, state, batch, opts = _step_state_batch(name)
+  """{'1': call, 'K': call}: ``trainer.compile_step`` (one step per call) and
+  ``trainer.compile_steps`` (K steps per call, here K copies of one batch), as the training
+  loop compiles them with ``steps_per_call`` 1 and K."""
+  step, state, batch, mesh, kw = _step_state_batch(name)
   rng = jax.random.key(1)
-
-  def k_steps(state, batches, rng):
-    return jax.lax.scan(lambda s, b: step(s, b, rng), state, batches, unroll=True)
-
-  stacked = jax.tree.map(lambda a: jnp.stack([a] * k), batch)
+  forms = {"1": (trainer.compile_step(step, mesh, state, **kw), (batch, rng)),
+           str(k): (trainer.compile_steps(step, mesh, state, k, **kw),
+                    ((batch,) * k, jnp.stack([rng] * k)))}
   out = {}
-  for label, fn, b in (("1", step, batch), (str(k), k_steps, stacked)):
+  for label, (jitted, args) in forms.items():
     s = jax.tree.map(jnp.copy, state)
-    compiled = jax.jit(fn, donate_argnums=(0,), compiler_options=opts).lower(s, b, rng).compile()
-    out[label] = common.stateful_call(compiled, s, b, rng)
+    compiled, _, _, _ = common.compile_fn(jitted, s, *args)
+    out[label] = common.stateful_call(compiled, s, *args)
     out[label]()
   return out
 

@@ -83,6 +83,21 @@ def ucr_archive():
   return path
 
 
+def dot_dtypes(jaxpr) -> list:
+  """(lhs, rhs, out) dtype names of every dot_general in ``jaxpr`` and its sub-jaxprs (those
+  of jit, scan, custom VJPs and other higher-order primitives)."""
+  out = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      out.append(tuple(str(v.aval.dtype) for v in (*eqn.invars, *eqn.outvars)))
+    for v in eqn.params.values():
+      for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          out += dot_dtypes(inner)
+  return out
+
+
 def tiny_config(**overrides):
   """The base config shrunk so a train step compiles and runs in well under a second."""
   from tsgen_jax.config import base_config

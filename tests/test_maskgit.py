@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import dot_dtypes
 
 from tsgen_jax.models import maskgit
 
@@ -66,26 +67,12 @@ def test_bfloat16_compute_keeps_float32_params_and_logits(tiny):
   # Mixed precision: every projection's matmul takes bfloat16 operands and returns float32;
   # only the attention core (scores and weighted sum, 2 per head) stays in float32.
   for train in (False, True):
-    dots = _dot_dtypes(jax.make_jaxpr(
+    dots = dot_dtypes(jax.make_jaxpr(
         lambda p, train=train: model16.apply(p, tokens, cls, train=train))(params).jaxpr)
     assert dots.count(("float32", "float32", "float32")) == 2 * model16.n_heads
     assert all(d == ("bfloat16", "bfloat16", "float32") for d in dots
                if d != ("float32", "float32", "float32"))
     assert len(dots) > 2 * model16.n_heads
-
-
-def _dot_dtypes(jaxpr) -> list:
-  """(lhs, rhs, out) dtype names of every dot_general in ``jaxpr`` and its sub-jaxprs."""
-  out = []
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "dot_general":
-      out.append(tuple(str(v.aval.dtype) for v in (*eqn.invars, *eqn.outvars)))
-    for v in eqn.params.values():
-      for sub in (v if isinstance(v, (tuple, list)) else (v,)):
-        inner = getattr(sub, "jaxpr", sub)
-        if hasattr(inner, "eqns"):
-          out += _dot_dtypes(inner)
-  return out
 
 
 def _flax_attention(dtype=jnp.float32, dropout_rate=0.0):

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import dot_dtypes, tiny_config
 from tsgen_jax import run as run_lib
 from tsgen_jax.errors import CheckpointError, ConfigError
 
@@ -115,7 +115,6 @@ def test_sample_matmul_dtype_overrides_the_priors_dtype():
   """``sample.matmul_dtype='bfloat16'`` samples a float32-trained prior with mixed-precision
   matmuls (bfloat16 operands in the sampler's dots), '' keeps the prior's float32."""
   import jax
-  from test_maskgit import _dot_dtypes
   from tsgen_jax import stage1 as stage1_lib
   from tsgen_jax import stage2 as stage2_lib
   from tsgen_jax.models import stage1 as stage1_model
@@ -131,7 +130,7 @@ def test_sample_matmul_dtype_overrides_the_priors_dtype():
     cfg.sample.matmul_dtype = dtype
     sampler = stage2_lib.make_sampler(priors, specs, s1_model, cfg.sample, 3)
     args = (state.params, s1_vars, jax.random.key(2), ids)
-    dots = _dot_dtypes(jax.make_jaxpr(sampler)(*args).jaxpr)
+    dots = dot_dtypes(jax.make_jaxpr(sampler)(*args).jaxpr)
     assert any(d[0] == "bfloat16" for d in dots) == (dtype == "bfloat16")
     x, tokens = sampler(*args)
     assert x.shape == (4, 1, cfg.dataset.length) and np.all(np.isfinite(x))

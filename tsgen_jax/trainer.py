@@ -228,15 +228,13 @@ def run(lc: LoopConfig, state, train_step: Callable, stream: BatchStream, mesh,
   def run_steps(state, first, last, batches):
     n = last - first
     rngs = [jax.random.fold_in(base_key, s) for s in range(first, last)]
-    if k == 1:
-      if "one" not in compiled:
-        compiled["one"] = compile_step(guarded, mesh, state, stage=lc.stage, ssl=lc.ssl,
-                                       mixed=lc.mixed)
-      state, metrics = compiled["one"](state, batches[0], rngs[0])
-      return state, [metrics]
     if n not in compiled:
-      compiled[n] = compile_steps(guarded, mesh, state, n, stage=lc.stage, ssl=lc.ssl,
-                                  mixed=lc.mixed)
+      kw = dict(stage=lc.stage, ssl=lc.ssl, mixed=lc.mixed)
+      compiled[n] = (compile_step(guarded, mesh, state, **kw) if k == 1
+                     else compile_steps(guarded, mesh, state, n, **kw))
+    if k == 1:
+      state, metrics = compiled[n](state, batches[0], rngs[0])
+      return state, [metrics]
     state, metrics = compiled[n](state, tuple(batches), jnp.stack(rngs))
     return state, [jax.tree.map(lambda m, i=i: m[i], metrics) for i in range(n)]
 

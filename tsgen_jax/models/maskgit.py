@@ -108,15 +108,20 @@ def _mixed_matmul_fwd(x, w):
 
 def _mixed_matmul_bwd(res, g):
   xb, wb, x_like, w_like = res
-  gb = g.astype(jnp.bfloat16)
+  gb = _operand(g, True)
   m, n = wb.shape
-  dx = jnp.einsum("...n,mn->...m", gb, wb, preferred_element_type=jnp.float32)
-  dw = jnp.einsum("km,kn->mn", xb.reshape(-1, m), gb.reshape(-1, n),
-                  preferred_element_type=jnp.float32)
+  dx = _dot("...n,mn->...m", gb, wb, True)
+  dw = _dot("km,kn->mn", xb.reshape(-1, m), gb.reshape(-1, n), True)
   return dx.astype(x_like.dtype), dw.astype(w_like.dtype)
 
 
 mixed_matmul.defvjp(_mixed_matmul_fwd, _mixed_matmul_bwd)
+
+
+def matmul(x: jax.Array, w: jax.Array, mixed: bool) -> jax.Array:
+  """``x @ w`` for x (..., M) and w (M, N): :func:`mixed_matmul` when ``mixed``, else in the
+  operands' dtype."""
+  return mixed_matmul(x, w) if mixed else jnp.einsum("...m,mn->...n", x, w)
 
 
 def mixed_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
@@ -231,15 +236,12 @@ class SelfAttention(nn.Module):
       query_index = index if query_index is None else query_index
 
       def project(rows, n, i):
-        y = mixed_matmul(x, w[n][:, i]) if mixed else jnp.dot(x, w[n][:, i])
-        return take_table_rows(y, rows)
+        return take_table_rows(matmul(x, w[n][:, i], mixed), rows)
     else:
       xq = x if queries is None else queries.astype(act_dtype)
 
       def project(rows, n, i):
-        if mixed:
-          return mixed_matmul(rows, w[n][:, i])
-        return jnp.einsum("bsm,md->bsd", rows, w[n][:, i])
+        return matmul(rows, w[n][:, i], mixed)
     joint = {}
     if joint_projection and index is None and queries is None:
       names = [(n, i) for i in range(h) for n in ("query", "key", "value")]
@@ -258,9 +260,7 @@ class SelfAttention(nn.Module):
       heads.append(jnp.einsum("bqk,bkd->bqd", weights, v))
     w_out = _Kernel((h, d, feat), n_in=2, name="out")().astype(act_dtype)
     o = jnp.concatenate(heads, axis=-1) if h > 1 else heads[0]  # (B, S, heads * d)
-    if mixed:
-      return mixed_matmul(o, w_out.reshape(h * d, feat))
-    return jnp.einsum("bsk,kf->bsf", o, w_out.reshape(h * d, feat))
+    return matmul(o, w_out.reshape(h * d, feat), mixed)
 
 
 class TransformerBlock(nn.Module):
