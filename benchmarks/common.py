@@ -130,6 +130,22 @@ def bench_stateful(name, jitted, state, args, iters=DEFAULT_ITERS, peak_gflops=N
   return row(name, times, flops, compile_s, mem, peak_gflops, **extra)
 
 
+def loop_args(batch, rng, k: int):
+  """``trainer.compile_steps``' arguments for k steps over one batch and key: (k copies of
+  the batch, a (k,) key array)."""
+  return (batch,) * k, jnp.stack([rng] * k)
+
+
+def bench_steps(name, jitted, state, args, k: int, iters=DEFAULT_ITERS, peak_gflops=None,
+                **extra):
+  """Times ``trainer.compile_steps``' k-step call ``state, metrics = f(state, *args)`` as
+  :func:`bench_stateful` does; returns a row per step: the call's times / k, and GFLOP/s from
+  XLA's cost analysis, which counts the loop's body (one step) once. ``steps_per_call``: k."""
+  compiled, compile_s, flops, mem = compile_fn(jitted, state, *args)
+  times = [t / k for t in time_calls(stateful_call(compiled, state, *args), iters)]
+  return row(name, times, flops, compile_s, mem, peak_gflops, steps_per_call=k, **extra)
+
+
 def bench_pure(name, jitted, args, iters=DEFAULT_ITERS, peak_gflops=None, flops=None, **extra):
   """Times a pure jitted function of ``args``; returns a row. ``flops`` replaces XLA's cost
   analysis (which counts a loop body once) where the caller knows better."""

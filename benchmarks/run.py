@@ -9,8 +9,10 @@ measures the memory bandwidth (``gb_per_s``) in the same run, for the memory-bou
 ``matmul_bf16_2048`` is the same matmul with bfloat16 operands and float32 results.
 
 Names: stage1_{plain,barlowtwins,vibcreg,lfhf,vibcreg_lfhf}_b{128,32}, stage1_plain_L{128,512,
-1024}_b{32,128,512}, stage2_train_b{256,32}, stage2_train_lfhf_b128 (the default config's
-stage-2 step), sample_256_t10_s{1,2}, stage2_train_b256_bf16 and sample_256_t10_s1_bf16 (with
+1024}_b{32,128,512}, stage1_{plain,barlowtwins,vibcreg,lfhf}_b128_k10 and
+stage2_train_b256_k10 (the target steps as the training loop runs them: 10 steps per call,
+``steps_per_call``'s default; times per step), stage2_train_b{256,32}, stage2_train_lfhf_b128
+(the default config's stage-2 step), sample_256_t10_s{1,2}, stage2_train_b256_bf16 and sample_256_t10_s1_bf16 (with
 ``stage2.matmul_dtype='bfloat16'``), augment_<name>,
 augment_default_views, data_pipeline (both host/device rows). ``--only`` also accepts a
 prefix ending in '*' (e.g. ``stage1_*``).
@@ -33,7 +35,9 @@ ROOT_DIR = os.path.dirname(HERE)
 
 ALL_NAMES = ([f"stage1_{v}_b{b}" for b in (128, 32) for v in stage1_bench.VARIANTS]
              + [f"stage1_plain_L{l}_b{b}" for l in (128, 512, 1024) for b in (32, 128, 512)]
-             + ["stage2_train_b256", "stage2_train_b32", "stage2_train_lfhf_b128",
+             + [f"stage1_{v}_b128_k{stage1_bench.LOOP_K}" for v in stage1_bench.LOOP_VARIANTS]
+             + ["stage2_train_b256", "stage2_train_b32",
+                f"stage2_train_b256_k{stage2_bench.LOOP_K}", "stage2_train_lfhf_b128",
                 "sample_256_t10_s1",
                 "sample_256_t10_s2", "stage2_train_b256_bf16", "sample_256_t10_s1_bf16"]
              + [f"augment_{n}" for n in list(__import__("tsgen_jax.augment").augment.AUGMENTATIONS)

@@ -14,6 +14,9 @@ from tsgen_jax.data import load_dataset
 
 # "vibcreg_lfhf" is the main config's step (configs/vibcreg.py with the default LF/HF split).
 VARIANTS = ("plain", "barlowtwins", "vibcreg", "lfhf", "vibcreg_lfhf")
+# The target rows again as the training loop runs them: its default steps per call.
+LOOP_K = int(base_config().stage1.steps_per_call)
+LOOP_VARIANTS = ("plain", "barlowtwins", "vibcreg", "lfhf")
 
 
 def make_config(variant: str, batch: int, length: int = 128, matmul_dtype="float32"):
@@ -37,19 +40,26 @@ def build(variant: str, batch: int, length: int = 128, matmul_dtype="float32"):
   return build_from_config(make_config(variant, batch, length, matmul_dtype))
 
 
-def build_from_config(cfg):
-  """(jitted step, state, (batch, rng)) for the stage-1 step of ``cfg`` (see make_config)."""
+def build_from_config(cfg, steps_per_call: int = 1):
+  """(jitted step, state, (batch, rng)) for the stage-1 step of ``cfg`` (see make_config).
+
+  ``steps_per_call`` > 1: the jitted function is ``trainer.compile_steps``, k steps in one
+  call as the training loop runs them, and the arguments are k copies of the batch and the
+  key (``common.loop_args``)."""
   batch, length = cfg.stage1.batch_size, cfg.dataset.length
   ds = load_dataset(cfg.dataset, cfg.stft.n_fft)
   mesh = sharding.make_mesh()
   model, state, tx = run_lib.stage1_setup(cfg, ds)
   step = stage1.make_train_step(model, cfg.stage1, tx)
   state = sharding.replicate_tree(state, mesh)
-  jitted = trainer.compile_step(step, mesh, state, ssl=cfg.stage1.ssl.method != "none")
+  ssl = cfg.stage1.ssl.method != "none"
   b = common.random_batch(batch, 1, length)
   b = jax.device_put(b, sharding.data_sharding(mesh))
   rng = jax.random.key(1)
-  return jitted, state, (b, rng)
+  if steps_per_call > 1:
+    jitted = trainer.compile_steps(step, mesh, state, steps_per_call, ssl=ssl)
+    return jitted, state, common.loop_args(b, rng, steps_per_call)
+  return trainer.compile_step(step, mesh, state, ssl=ssl), state, (b, rng)
 
 
 def warm_step(variant: str, batch: int, length: int = 128):
@@ -69,6 +79,16 @@ def bench(variant: str, batch: int, length: int = 128, name=None, iters=common.D
   name = name or f"stage1_{variant}_b{batch}"
   return common.bench_stateful(name, jitted, state, args, iters, peak_gflops,
                                series_per_s=None)
+
+
+def bench_loop(variant: str, batch: int, k: int, iters=common.DEFAULT_ITERS, peak_gflops=None):
+  """Row ``stage1_{variant}_b{batch}_k{k}``: the step as the training loop runs it with
+  ``stage1.steps_per_call = k`` (k steps per call, L = 128); times per step (call / k)."""
+  jitted, state, args = build_from_config(make_config(variant, batch), steps_per_call=k)
+  r = common.bench_steps(f"stage1_{variant}_b{batch}_k{k}", jitted, state, args, k, iters,
+                         peak_gflops)
+  r["series_per_s"] = round(batch / (r["median_ms"] / 1e3), 1)
+  return r
 
 
 # Scaling-grid combos skipped by default: B * L above this takes minutes per 20 steps on
@@ -94,4 +114,8 @@ def rows(peak_gflops, only=None, skip_big=True):
     r["series_per_s"] = round(b / (r["median_ms"] / 1e3), 1)
     out.append(r)
     print(r, flush=True)
+  for v in LOOP_VARIANTS:
+    if not only or f"stage1_{v}_b128_k{LOOP_K}" in only:
+      out.append(bench_loop(v, 128, LOOP_K, peak_gflops=peak_gflops))
+      print(out[-1], flush=True)
   return out

@@ -14,6 +14,8 @@ from tsgen_jax.models import stage1 as stage1_model
 from tsgen_jax import stage1 as stage1_lib
 
 NUM_CLASSES = 3
+# The training loop's default steps per call (rows stage2_train_b256_k{LOOP_K}).
+LOOP_K = int(base_config().stage2.steps_per_call)
 
 
 def _setup(batch: int, lfhf: bool = False, matmul_dtype: str = "float32"):
@@ -32,16 +34,21 @@ def _setup(batch: int, lfhf: bool = False, matmul_dtype: str = "float32"):
   return cfg, s1_model, s1_vars, specs, priors, state, tx
 
 
-def build_train(batch: int, lfhf: bool = False, matmul_dtype: str = "float32"):
+def build_train(batch: int, lfhf: bool = False, matmul_dtype: str = "float32",
+                steps_per_call: int = 1):
   """(jitted step, state, (token batch, rng)) for the stage-2 train step at ``batch``
-  (``matmul_dtype``: ``stage2.matmul_dtype``)."""
+  (``matmul_dtype``: ``stage2.matmul_dtype``). ``steps_per_call`` > 1: ``trainer.
+  compile_steps`` and its arguments (``common.loop_args``), as the training loop runs it."""
   cfg, _, _, specs, priors, state, tx = _setup(batch, lfhf, matmul_dtype)
   step = stage2.make_train_step(priors, specs, cfg.stage2, NUM_CLASSES, tx)
   mesh = sharding.make_mesh()
   state = sharding.replicate_tree(state, mesh)
-  jitted = trainer.compile_step(step, mesh, state, stage="stage2",
-                                mixed=cfg.stage2.matmul_dtype == "bfloat16")
-  return jitted, state, (token_batch(specs, batch, mesh), jax.random.key(2))
+  kw = dict(stage="stage2", mixed=cfg.stage2.matmul_dtype == "bfloat16")
+  tokens, rng = token_batch(specs, batch, mesh), jax.random.key(2)
+  if steps_per_call > 1:
+    jitted = trainer.compile_steps(step, mesh, state, steps_per_call, **kw)
+    return jitted, state, common.loop_args(tokens, rng, steps_per_call)
+  return trainer.compile_step(step, mesh, state, **kw), state, (tokens, rng)
 
 
 def bench_train(batch: int, peak_gflops=None, iters=common.DEFAULT_ITERS, lfhf: bool = False,
@@ -49,6 +56,14 @@ def bench_train(batch: int, peak_gflops=None, iters=common.DEFAULT_ITERS, lfhf: 
   jitted, state, args = build_train(batch, lfhf, matmul_dtype)
   name = f"stage2_train_{'lfhf_' if lfhf else ''}b{batch}{_suffix(matmul_dtype)}"
   return common.bench_stateful(name, jitted, state, args, iters, peak_gflops)
+
+
+def bench_train_loop(batch: int, k: int, peak_gflops=None, iters=common.DEFAULT_ITERS):
+  """Row ``stage2_train_b{batch}_k{k}``: the prior's step as the training loop runs it with
+  ``stage2.steps_per_call = k`` (k steps per call); times per step (call / k)."""
+  jitted, state, args = build_train(batch, steps_per_call=k)
+  return common.bench_steps(f"stage2_train_b{batch}_k{k}", jitted, state, args, k, iters,
+                            peak_gflops)
 
 
 def token_batch(specs, batch: int, mesh) -> dict:
@@ -135,6 +150,9 @@ def rows(peak_gflops, only=None):
     if not only or f"stage2_train_b{b}" in only:
       out.append(bench_train(b, peak_gflops))
       print(out[-1], flush=True)
+  if not only or f"stage2_train_b256_k{LOOP_K}" in only:  # as the training loop runs it
+    out.append(bench_train_loop(256, LOOP_K, peak_gflops))
+    print(out[-1], flush=True)
   if not only or "stage2_train_lfhf_b128" in only:  # the default config's step
     out.append(bench_train(128, peak_gflops, lfhf=True))
     print(out[-1], flush=True)

@@ -1,15 +1,15 @@
-"""Train steps per XLA call: one step per call (as the training loop runs) against K steps
-unrolled in one jitted call, alternated (benchmarks/NOTES.md item 21, "next").
+"""Train steps per XLA call: one step per call against K steps in one jitted call
+(``trainer.compile_steps``, as the training loop runs ``stage1.steps_per_call`` /
+``stage2.steps_per_call``), for one or more K, alternated (benchmarks/NOTES.md items 21, 22).
 
-  python -m benchmarks.steps_per_call plain 4 10    # step, K, timed rounds
-  python -m benchmarks.steps_per_call stage2 2 10
+  python -m benchmarks.steps_per_call plain 4,10,20 10    # step, K list, timed rounds
+  python -m benchmarks.steps_per_call stage2 10 10
 
 Steps: a stage1_bench variant at B = 128 (L = 128) or ``stage2`` (the prior's step, B = 256).
-The K-step call is ``trainer.compile_steps`` (``stage1.steps_per_call`` / ``stage2.
-steps_per_call``: K steps unrolled in a ``lax.scan``; a rolled scan ran the plain step ~40x
-slower on XLA:CPU), here over K copies of one batch.
-Prints the median time per step of each form. XLA:CPU maps a call's temporaries afresh each
-call (benchmarks/NOTES.md, "Investigated": page faults), so K steps per call pay that once.
+The K-step call is a rolled ``lax.scan`` of the step, here over K copies of one batch.
+Prints the compile time and the median time per step of each form. XLA:CPU maps a call's
+temporaries afresh each call (benchmarks/NOTES.md, "Investigated": page faults), so K steps
+per call pay that once.
 """
 import sys
 
@@ -40,19 +40,21 @@ def _step_state_batch(name: str):
   return step, sharding.replicate_tree(state, mesh), batch, mesh, kw
 
 
-def calls(name: str, k: int) -> dict:
-  """{'1': call, 'K': call}: ``trainer.compile_step`` (one step per call) and
-  ``trainer.compile_steps`` (K steps per call, here K copies of one batch), as the training
-  loop compiles them with ``steps_per_call`` 1 and K."""
+def calls(name: str, ks: list[int]) -> dict:
+  """{'1': call, 'K': call, ...}: ``trainer.compile_step`` (one step per call) and
+  ``trainer.compile_steps`` for each K (here K copies of one batch), as the training loop
+  compiles them with ``steps_per_call`` 1 and K. Prints each one's compile time."""
   step, state, batch, mesh, kw = _step_state_batch(name)
   rng = jax.random.key(1)
-  forms = {"1": (trainer.compile_step(step, mesh, state, **kw), (batch, rng)),
-           str(k): (trainer.compile_steps(step, mesh, state, k, **kw),
-                    ((batch,) * k, jnp.stack([rng] * k)))}
+  forms = {"1": (trainer.compile_step(step, mesh, state, **kw), (batch, rng))}
+  for k in ks:
+    forms[str(k)] = (trainer.compile_steps(step, mesh, state, k, **kw),
+                     ((batch,) * k, jnp.stack([rng] * k)))
   out = {}
   for label, (jitted, args) in forms.items():
     s = jax.tree.map(jnp.copy, state)
-    compiled, _, _, _ = common.compile_fn(jitted, s, *args)
+    compiled, compile_s, _, _ = common.compile_fn(jitted, s, *args)
+    print(f"{name}, {label} step(s) per call: compiled in {compile_s:.1f} s", flush=True)
     out[label] = common.stateful_call(compiled, s, *args)
     out[label]()
   return out
@@ -62,8 +64,9 @@ if __name__ == "__main__":
   host_memory.start()  # TSGEN_MALLOC=hugepages: restart once with huge-page malloc
   if len(sys.argv) != 4:
     sys.exit(__doc__)
-  name, k, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-  times = common.alternate_calls(calls(name, k), rounds)
+  name, rounds = sys.argv[1], int(sys.argv[3])
+  ks = [int(k) for k in sys.argv[2].split(",") if int(k) != 1]
+  times = common.alternate_calls(calls(name, ks), rounds)
   for label, t in times.items():
     print(f"{name}, {label} step(s) per call: {np.median(t) * 1e3 / int(label):.1f} ms per step "
           f"(min {np.min(t) * 1e3 / int(label):.1f}, {len(t)} calls)")

@@ -2,6 +2,8 @@
 verdicts, the commit line, starred rows from other runs, and ``--only`` selection. No timing
 is asserted, only what the harness computes from timings it is given."""
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from benchmarks import common, interleaved, report, run
@@ -81,6 +83,37 @@ def test_verdicts_bounds_and_missing_rows():
   assert lines["stage1_vibcreg_b128"] == "not measured in this run"
   met = report.verdicts([_row("sample_256_t10_s1", 1000.0, series_per_s=256.0)])
   assert "sample_256_t10_s1: target >= 120 series/s: **met** (256.0 series/s" in met
+
+
+def test_verdicts_with_the_training_loop_row():
+  """A target step also timed as the training loop runs it (row NAME_kK, per step): the
+  verdict is the loop's, and the one-step-per-call figure is stated beside it."""
+  rows = [_row("stage1_plain_b128", 137.0), _row("stage1_plain_b128_k10", 108.0,
+                                                  steps_per_call=10),
+          _row("stage2_train_b256", 480.0), _row("stage2_train_b256_k10", 520.0,
+                                                 steps_per_call=10),
+          _row("stage1_lfhf_b128", 250.0)]
+  lines = dict(line[2:].split(": ", 1) for line in report.verdicts(rows).splitlines())
+  assert lines["stage1_plain_b128"] == (
+      "target <= 110 ms: **met** in the training loop (10 steps per call, the default; "
+      "`stage1_plain_b128_k10`: median 108 ms per step, min 107 ms); one step per call not "
+      "met (median 137 ms, min 136 ms)")
+  assert lines["stage2_train_b256"].startswith(
+      "target <= 500 ms: **not met** in the training loop")
+  assert "one step per call met (median 480 ms" in lines["stage2_train_b256"]
+  assert lines["stage1_lfhf_b128"].startswith("target <= 300 ms: **met** (median 250 ms")
+
+
+def test_bench_steps_reports_times_per_step(monkeypatch):
+  """common.bench_steps: a k-step call's times divided by k, GFLOP/s of one step's FLOPs
+  per step time, and steps_per_call = k."""
+  monkeypatch.setattr(common, "time_calls", lambda call, iters: [40.0, 80.0, 120.0])
+  step = jax.jit(lambda state, xs: (state + jnp.sum(xs @ xs), jnp.mean(xs)))
+  state, xs = jnp.zeros(()), jnp.ones((512, 512))
+  flops = common.compile_fn(step, state, xs)[2]
+  r = common.bench_steps("toy_k4", step, state, (xs,), 4, peak_gflops=100.0)
+  assert (r["median_ms"], r["min_ms"], r["max_ms"], r["steps_per_call"]) == (20, 10, 30, 4)
+  assert r["gflops_per_s"] == pytest.approx(flops / 1e9 / 0.020, rel=1e-3)
 
 
 def test_verdicts_matmul_floor():

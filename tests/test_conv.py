@@ -293,3 +293,100 @@ def test_vqvae_lfhf_same_with_and_without_trimming(monkeypatch):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * max(float(jnp.abs(a).max()), 1e-3))
   kernel = np.asarray(g1["lf"]["encoder"]["ResBlock_0"]["Conv_0"]["kernel"])
   assert kernel.shape[0] == 3 and not kernel[0].any() and not kernel[2].any() and kernel[1].any()
+
+
+@pytest.mark.parametrize("shape,kernel,strides,padding,dn", [
+    ((3, 5, 9, 4), (3, 3), (1, 1), ((1, 1), (1, 1)), NHWC),  # a ResBlock conv
+    ((3, 5, 9, 4), (1, 1), (1, 1), ((0, 0), (0, 0)), NHWC),
+    ((3, 5, 32, 4), (3, 4), (1, 2), ((1, 1), (1, 1)), NHWC),  # the encoder's downsampling conv
+    ((3, 5, 33, 4), (3, 4), (1, 2), ((1, 1), (1, 1)), NHWC),  # odd length: last frame unread
+    ((3, 7, 17, 4), (3, 5), (2, 3), ((0, 2), (2, 0)), NHWC),  # uneven padding
+    ((3, 7, 17, 4), (1, 2), (1, 3), ((0, 0), (0, 0)), NHWC),  # kernel < stride
+    ((3, 5, 33, 4), (3, 4), (1, 2), ((1, 1), (1, 1)), NCHW),
+    ((3, 7, 17, 4), (3, 5), (2, 3), ((0, 2), (2, 0)), NCHW),
+])
+def test_conv_weight_grad_equals_autodiff(shape, kernel, strides, padding, dn):
+  """(B, H, W, C) shape; NCHW cases use the same sizes in their own layout."""
+  kx, kw, kg = jax.random.split(jax.random.key(3), 3)
+  b, h, w_, c = shape
+  x = jax.random.normal(kx, shape if dn == NHWC else (b, c, h, w_))
+  w = jax.random.normal(kw, (*kernel, c, 5) if dn == NHWC else (5, c, *kernel))
+  fwd = _conv_fn(lax.conv_general_dilated, strides, padding, dn)
+  g = jax.random.normal(kg, jax.eval_shape(fwd, x, w).shape)
+  spec = lax.conv_dimension_numbers(x.shape, w.shape, dn)
+  got, ref = jax.jit(lambda x, w, g: (
+      conv_lib.conv_weight_grad(x, g, w.shape, strides, padding, spec),
+      jax.vjp(lambda k: fwd(x, k), w)[1](g)[0]))(x, w, g)
+  assert got.shape == w.shape
+  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+  # Independently, in float64 numpy: each tap's gradient is x under that tap times g.
+  x64, w64, g64 = (np.asarray(a, np.float64) for a in (x, w, g))
+  if dn != NHWC:
+    x64, g64 = x64.transpose(0, 2, 3, 1), g64.transpose(0, 2, 3, 1)
+  (ph, qh), (pw, qw) = padding
+  xp = np.pad(x64, ((0, 0), (ph, qh), (pw, qw), (0, 0)))
+  sh, sw = strides
+  oh, ow = g64.shape[1:3]
+  dw = np.zeros((*kernel, c, 5))
+  for i in range(kernel[0]):
+    for j in range(kernel[1]):
+      dw[i, j] = np.einsum("bhwc,bhwo->co", xp[:, i:i + sh * oh:sh, j:j + sw * ow:sw], g64)
+  if dn != NHWC:
+    dw = dw.transpose(3, 2, 0, 1)
+  np.testing.assert_allclose(got, dw, rtol=1e-5, atol=1e-5 * np.abs(dw).max())
+
+
+CANONICAL = "dim_labels=b01f_01io->b01f"
+
+
+def _loop_convolutions(conv_fn, padding) -> list[str]:
+  """dim_labels of the convolutions XLA:CPU compiles for two gradient steps of a conv stack
+  (3 x 3, 1 x 1 'SAME' and strided) inside a rolled ``lax.scan``."""
+  def loss(ws, x):
+    h = conv_fn(x, ws[0], (1, 1), padding, dimension_numbers=NHWC)
+    h = conv_fn(jnp.tanh(h), ws[1], (1, 1), "SAME", dimension_numbers=NHWC)
+    h = conv_fn(jnp.tanh(h), ws[2], (1, 2), ((1, 1), (1, 1)), dimension_numbers=NHWC)
+    return jnp.sum(h ** 2)
+
+  def steps(ws, xs):
+    return lax.scan(lambda w, x: (jax.tree.map(lambda a, d: a - 1e-3 * d, w,
+                                               jax.grad(loss)(w, x)), None), ws, xs)[0]
+
+  ws = (jnp.ones((3, 3, 4, 4)), jnp.ones((1, 1, 4, 4)), jnp.ones((3, 4, 4, 4)))
+  xs = jnp.ones((2, 8, 5, 16, 4))
+  hlo = jax.jit(steps).lower(ws, xs).compile().as_text()
+  assert " while(" in hlo  # still a rolled loop
+  return re.findall(r" convolution\([^\n]*?(dim_labels=[^,]*)", hlo)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's layout rewriting")
+def test_canonical_gradients_keep_every_loop_convolution_in_the_eigen_layout():
+  """Inside a loop XLA:CPU does not rewrite autodiff's gradient convolutions into NHWC x HWIO
+  (so they run in its naive kernels, ~40x slower); ``canonical=True`` writes them so."""
+  plain = _loop_convolutions(lax.conv_general_dilated, ((1, 1), (1, 1)))
+  assert any(d != CANONICAL for d in plain)  # the problem this guards against
+  ours = _loop_convolutions(conv_lib.chunked_wgrad_conv(0, canonical=True), ((1, 1), (1, 1)))
+  assert len(ours) >= 6 and all(d == CANONICAL for d in ours), ours
+
+
+@pytest.mark.parametrize("rows", [0, 4])
+@pytest.mark.parametrize("kernel,strides,padding", [
+    ((3, 3), (1, 1), ((1, 1), (1, 1))),
+    ((1, 1), (1, 1), "SAME"),
+    ((3, 3), (1, 1), "SAME"),
+    ((3, 4), (1, 2), ((1, 1), (1, 1))),
+    ((3, 2), (1, 1), ((1, 1), (1, 0))),
+])
+def test_canonical_conv_gradients_equal_autodiff(rows, kernel, strides, padding):
+  kx, kw, kg = jax.random.split(jax.random.key(4), 3)
+  x = jax.random.normal(kx, (16, 5, 9, 6))
+  w = jax.random.normal(kw, (*kernel, 6, 7)) * 0.3
+  ref = _conv_fn(lax.conv_general_dilated, strides, padding)
+  new = _conv_fn(conv_lib.chunked_wgrad_conv(rows, canonical=True), strides, padding)
+  cot = jax.random.normal(kg, ref(x, w).shape)
+  (y_ref, g_ref), (y_new, g_new) = jax.jit(lambda x, w, c: [
+      (f(x, w), jax.vjp(f, x, w)[1](c)) for f in (ref, new)])(x, w, cot)
+  np.testing.assert_array_equal(y_new, y_ref)
+  for a, b in zip(g_new, g_ref):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
+  assert "custom_vjp" in str(jax.make_jaxpr(new)(x, w))

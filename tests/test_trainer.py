@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from conftest import tiny_config
 
 from tsgen_jax import run as run_lib
@@ -89,6 +90,25 @@ def test_step_compiler_options_drop_the_parameter_copies_and_change_no_result():
   assert metrics_a.keys() == metrics_b.keys()
   for k in metrics_a:
     np.testing.assert_array_equal(metrics_a[k], metrics_b[k])
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's layout rewriting")
+def test_compile_steps_rolls_the_loop_with_every_convolution_in_the_eigen_layout():
+  """trainer.compile_steps is a rolled loop (compiled once whatever k), and the stage-1
+  model's gradient convolutions stay NHWC x HWIO inside it (models/conv.py, canonical):
+  XLA:CPU would run any other layout there in its naive kernels (benchmarks/NOTES.md 22)."""
+  cfg = tiny_config()
+  ds = load_dataset(cfg.dataset, 8)
+  mesh = sharding.make_mesh()
+  model, state, tx = run_lib.stage1_setup(cfg, ds)
+  state = sharding.replicate_tree(state, mesh)
+  stream = BatchStream(ds.train, 16, 0, sharding.data_sharding(mesh))
+  fn = trainer.compile_steps(stage1.make_train_step(model, cfg.stage1, tx), mesh, state, 3)
+  batches = tuple(stream.device_batch(s) for s in range(3))
+  hlo = fn.lower(state, batches, jax.random.split(jax.random.key(0), 3)).compile().as_text()
+  assert " while(" in hlo
+  labels = re.findall(r" convolution\([^\n]*?dim_labels=([^,]*)", hlo)
+  assert len(labels) > 20 and set(labels) == {"b01f_01io->b01f"}, set(labels)
 
 
 def _convolutions_in_and_out_of_ynnpack(hlo: str) -> tuple[int, int]:

@@ -63,10 +63,12 @@ def base_config() -> ml_collections.ConfigDict:
   # strided convs' input gradient by phases: benchmarks/NOTES.md items 9 and 19), off on
   # accelerators and on several devices; 0 = off (XLA's own gradients throughout).
   s1.conv_wgrad_chunk = -1
-  # Train steps per compiled call (trainer.compile_steps: unrolled, so compiling takes this many
-  # times as long; fewer page faults on CPU: at 4 the plain step -28 %, benchmarks/NOTES.md
-  # item 21). Chunks end at every checkpoint. Changing it does not block a resume.
-  s1.steps_per_call = 1
+  # Train steps per compiled call (trainer.compile_steps: a rolled lax.scan, compiled once;
+  # on CPU each call faults XLA's temporaries in afresh, so fewer calls: the plain step 169 ->
+  # 116 ms and the prior's 722 -> 515 ms at 10 on a 2-core CPU, benchmarks/NOTES.md item 22).
+  # Calls end at every checkpoint, so a divisor of checkpoint_every compiles one length. Each
+  # step's metrics are still logged and checked. Changing it does not block a resume.
+  s1.steps_per_call = 10
   # TimeVQVAE low/high-frequency split with two codebooks (and two priors). False = the
   # thesis' single codebook: it smooths away CBF's noise at the CPU budget (FID 45 vs 4 on
   # UCR CBF, results/stage2_study.md).
@@ -124,7 +126,7 @@ def base_config() -> ml_collections.ConfigDict:
   s2.p_unconditional = 0.2
   s2.label_smoothing = 0.1
   s2.matmul_dtype = "float32"  # 'bfloat16': bf16 operands, float32 accumulation and results
-  s2.steps_per_call = 1  # as stage1.steps_per_call (the prior's step at 4: -16 %)
+  s2.steps_per_call = 10  # as stage1.steps_per_call
   s2.checkpoint_every = 100
   s2.keep_checkpoints = 3
   s2.log_every = 50

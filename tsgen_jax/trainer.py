@@ -154,15 +154,17 @@ def compile_steps(train_step: Callable, mesh, state, k: int, stage: str = "stage
   ``compile_step``'s), ``rngs`` a (k,) key array, step i takes ``batches[i]`` and ``rngs[i]``,
   and each metric comes back as (k,).
 
-  The steps are unrolled (``lax.scan(..., unroll=True)``; XLA:CPU ran a rolled loop of the
-  plain step ~40x slower), so compiling takes ~k times as long. One call maps XLA's per-call
-  temporaries once for k steps (on CPU each call faults them in afresh), and one step's tail
-  can overlap the next one's head: per step, k = 4 took the plain step 150 -> 108 ms and the
-  stage-2 step 584 -> 488 ms on a 2-core Zen 5 CPU (benchmarks/NOTES.md item 21).
+  The steps run as a rolled loop (``lax.scan``), so compiling takes as long as for one step
+  whatever k is. One call maps XLA's per-call temporaries once for k steps (on CPU each call
+  faults them in afresh): on a 2-core Zen 5 CPU, k = 16 took the plain stage-1 step from 170
+  to 115 ms (benchmarks/NOTES.md item 22). On CPU the stage-1 model writes its gradient
+  convolutions in the one layout XLA:CPU's fast kernels take (models/conv.py, ``canonical``):
+  XLA:CPU rewrites other layouts only outside loops, and ran the rolled loop ~40x slower
+  before.
   """
   def steps(state, batches, rngs):
     stacked = jax.tree.map(lambda *a: jnp.stack(a), *batches)
-    return jax.lax.scan(lambda s, xs: train_step(s, *xs), state, (stacked, rngs), unroll=True)
+    return jax.lax.scan(lambda s, xs: train_step(s, *xs), state, (stacked, rngs))
 
   rep = sharding.replicated(mesh)
   batch_sh = sharding.data_sharding(mesh)
@@ -236,6 +238,7 @@ def run(lc: LoopConfig, state, train_step: Callable, stream: BatchStream, mesh,
       state, metrics = compiled[n](state, batches[0], rngs[0])
       return state, [metrics]
     state, metrics = compiled[n](state, tuple(batches), jnp.stack(rngs))
+    metrics = jax.device_get(metrics)  # one transfer per call, then each step's row on host
     return state, [jax.tree.map(lambda m, i=i: m[i], metrics) for i in range(n)]
 
   is_main = jax.process_index() == 0

@@ -23,6 +23,15 @@ in alternated A/Bs, item 9 of benchmarks/NOTES.md).
 :func:`chunked_wgrad_conv` returns a drop-in for ``lax.conv_general_dilated`` that flax's
 ``nn.Conv(conv_general_dilated=...)`` accepts; parameters and their names are unchanged.
 
+With ``canonical=True`` (the stage-1 model on CPU) every convolution gets this custom gradient,
+and both gradient convolutions are written in the forward's own NHWC x HWIO form, with
+transposed copies of the operands: the input gradient by :func:`strided_conv_input_grad`
+(stride 1 included) and the weight gradient by :func:`conv_weight_grad`. XLA:CPU runs only
+that form in its Eigen kernels, and rewrites autodiff's layouts into it only in a program's
+entry computation: inside ``lax.scan`` (several train steps per call, ``trainer.
+compile_steps``) they ran in its naive loop kernels, the plain step ~40x slower
+(benchmarks/NOTES.md item 22). Outside loops the result is the same program XLA builds.
+
 :func:`trim_dead_taps` wraps such a function so that kernel taps which only ever meet zero
 padding are left out of the convolution: a 3 x 3 kernel with padding 1 over an input of height
 1 (the LF branch of ``lfhf=True`` sees one frequency row) uses only its middle row, so XLA would
@@ -58,7 +67,7 @@ def resolve_rows(rows: int, auto: int = 16) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def chunked_wgrad_conv(rows: int, phase_input_grad: bool = True):
+def chunked_wgrad_conv(rows: int, phase_input_grad: bool = True, canonical: bool = False):
   """A ``lax.conv_general_dilated`` whose rhs (kernel) gradient is summed over batch chunks.
 
   Args:
@@ -69,6 +78,14 @@ def chunked_wgrad_conv(rows: int, phase_input_grad: bool = True):
     phase_input_grad: compute a strided convolution's lhs gradient with
       :func:`strided_conv_input_grad` (the default) instead of autodiff's lhs-dilated
       convolution; used only where that function applies.
+    canonical: give every convolution this custom gradient (explicit padding, no dilation,
+      no feature groups), with both gradient convolutions in the forward's own layouts
+      (:func:`strided_conv_input_grad` for the input, stride 1 included, and
+      :func:`conv_weight_grad` for the kernel): NHWC x HWIO for flax's convolutions. XLA:CPU
+      runs only that form in its Eigen kernels, and rewrites autodiff's other layouts into it
+      only in a program's entry computation, not inside a loop: a training loop rolled into
+      ``lax.scan`` (``trainer.compile_steps``) otherwise runs its gradient convolutions in
+      XLA's naive loop kernels, ~40x slower.
 
   Returns:
     f(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -83,22 +100,30 @@ def chunked_wgrad_conv(rows: int, phase_input_grad: bool = True):
   def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
            dimension_numbers=None, feature_group_count=1, batch_group_count=1,
            precision=None, preferred_element_type=None):
+    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    in_batch, out_batch = dn.lhs_spec[0], dn.out_spec[0]
+    n = lhs.shape[in_batch]
+    if (canonical and isinstance(padding, str)
+        and all(d == 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))):
+      padding = lax.padtype_to_pads([lhs.shape[a] for a in dn.lhs_spec[2:]],
+                                    [rhs.shape[a] for a in dn.rhs_spec[2:]], window_strides,
+                                    padding)  # 'SAME' / 'VALID' as (lo, hi) pairs
     plain = functools.partial(
         lax.conv_general_dilated, window_strides=window_strides, padding=padding,
         lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
         dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
         batch_group_count=batch_group_count, precision=precision,
         preferred_element_type=preferred_element_type)
-    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-    in_batch, out_batch = dn.lhs_spec[0], dn.out_spec[0]
-    n = lhs.shape[in_batch]
-    if rows <= 0 or batch_group_count != 1:
+    if (rows <= 0 and not canonical) or batch_group_count != 1:
       return plain(lhs, rhs)
-    chunk = rows if n >= MIN_CHUNKS * rows else n  # too few rows for slices: one of them
-    by_phase = (phase_input_grad and preferred_element_type is None
-                and phase_grad_applies(window_strides, padding, lhs_dilation, rhs_dilation,
-                                       feature_group_count))
-    if chunk == n and not by_phase:
+    # too few rows for slices: one of them
+    chunk = rows if 0 < rows and n >= MIN_CHUNKS * rows else n
+    simple = (preferred_element_type is None and feature_group_count == 1
+              and canonical_grad_applies(padding, lhs_dilation, rhs_dilation))
+    by_phase = simple and (canonical or (phase_input_grad and any(
+        s > 1 for s in window_strides)))
+    by_layout = simple and canonical
+    if chunk == n and not by_phase and not by_layout:
       return plain(lhs, rhs)  # nothing left to change in XLA's gradient
 
     @jax.custom_vjp
@@ -121,8 +146,12 @@ def chunked_wgrad_conv(rows: int, phase_input_grad: bool = True):
         stop = min(start + chunk, n)
         lhs_c = lax.slice_in_dim(lhs, start, stop, axis=in_batch)
         g_c = lax.slice_in_dim(g, start, stop, axis=out_batch)
-        _, vjp_rhs = jax.vjp(lambda w, a=lhs_c: plain(a, w), rhs)
-        (part,) = vjp_rhs(g_c)
+        if by_layout:
+          part = conv_weight_grad(lhs_c, g_c, rhs.shape, window_strides, padding, dn,
+                                  precision)
+        else:
+          _, vjp_rhs = jax.vjp(lambda w, a=lhs_c: plain(a, w), rhs)
+          (part,) = vjp_rhs(g_c)
         g_rhs = part if g_rhs is None else g_rhs + part
       return g_lhs, g_rhs
 
@@ -178,13 +207,61 @@ def trim_dead_taps(conv_fn=lax.conv_general_dilated):
   return conv
 
 
+def canonical_grad_applies(padding, lhs_dilation=None, rhs_dilation=None) -> bool:
+  """Whether :func:`strided_conv_input_grad` and :func:`conv_weight_grad` cover a
+  convolution (without feature groups) with these arguments: explicit non-negative (lo, hi)
+  padding and no dilation; any strides."""
+  return (not isinstance(padding, str) and all(lo >= 0 and hi >= 0 for lo, hi in padding)
+          and all(d == 1 for d in (lhs_dilation or ()))
+          and all(d == 1 for d in (rhs_dilation or ())))
+
+
 def phase_grad_applies(window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                        feature_group_count: int = 1) -> bool:
-  """Whether :func:`strided_conv_input_grad` covers a convolution with these arguments: some
-  stride above 1, explicit (lo, hi) padding, no dilation and no feature groups."""
-  return (not isinstance(padding, str) and any(s > 1 for s in window_strides)
-          and all(d == 1 for d in (lhs_dilation or ()))
-          and all(d == 1 for d in (rhs_dilation or ())) and feature_group_count == 1)
+  """Whether the phase input gradient is used by default for a convolution with these
+  arguments: some stride above 1, and :func:`canonical_grad_applies` without feature
+  groups."""
+  return (any(s > 1 for s in window_strides) and feature_group_count == 1
+          and canonical_grad_applies(padding, lhs_dilation, rhs_dilation))
+
+
+def conv_weight_grad(lhs, g, rhs_shape, window_strides, padding, dn, precision=None):
+  """The rhs (kernel) gradient of ``lax.conv_general_dilated(lhs, rhs, window_strides,
+  padding)`` (no dilation, no feature groups) as one convolution in the NHWC x HWIO form.
+
+  dW[k, i, o] = sum_{b, m} x_pad[b, s m + k, i] g[b, m, o] (per spatial axis: stride s,
+  x padded by the forward's padding) is a convolution of x with its features as the batch
+  and its batch as the features, (I, spatial..., B), by g as the kernel, (spatial_out...,
+  B, O), dilated by s; its output (I, K'..., O) is cut to the kernel's K taps (K' > K
+  where the stride leaves input unread at the end) and transposed to ``rhs``'s layout.
+  Autodiff builds the same sum with the batch and feature roles in the dimension numbers
+  instead of in transposed copies.
+
+  Args:
+    lhs: the forward input, laid out as ``dn.lhs_spec``.
+    g: the output's cotangent, ``dn.out_spec``.
+    rhs_shape: the kernel's shape (``dn.rhs_spec``).
+    window_strides, padding: the forward's (one (lo, hi) pair per spatial axis).
+    dn: ``lax.ConvDimensionNumbers`` of the forward convolution.
+    precision: passed to the convolution.
+
+  Returns:
+    The kernel's cotangent, shape ``rhs_shape``, equal to autodiff's up to float rounding.
+  """
+  nsp = len(window_strides)
+  x_t = jnp.transpose(lhs, (dn.lhs_spec[1], *dn.lhs_spec[2:], dn.lhs_spec[0]))
+  g_t = jnp.transpose(g, (*dn.out_spec[2:], dn.out_spec[0], dn.out_spec[1]))
+  spatial = tuple(range(1, nsp + 1))
+  canon = lax.ConvDimensionNumbers((0, nsp + 1, *spatial), (nsp + 1, nsp, *range(nsp)),
+                                   (0, nsp + 1, *spatial))
+  out = lax.conv_general_dilated(x_t, g_t, (1,) * nsp, padding, rhs_dilation=window_strides,
+                                 dimension_numbers=canon, precision=precision)
+  out = out[(slice(None), *(slice(0, rhs_shape[a]) for a in dn.rhs_spec[2:]), slice(None))]
+  perm = [0] * (nsp + 2)
+  perm[dn.rhs_spec[0]], perm[dn.rhs_spec[1]] = nsp + 1, 0
+  for i, a in enumerate(dn.rhs_spec[2:]):
+    perm[a] = 1 + i
+  return jnp.transpose(out, perm)
 
 
 def strided_conv_input_grad(g, rhs, lhs_shape, window_strides, padding, dn, precision=None):
@@ -216,9 +293,12 @@ def strided_conv_input_grad(g, rhs, lhs_shape, window_strides, padding, dn, prec
   n_in = [lhs_shape[a] for a in lhs_sp]
   n_out = [g.shape[a] for a in out_sp]
   n_phase = [-(-n // s) for n, s in zip(n_in, window_strides)]  # positions per phase
-  # g plays the lhs, the kernel with in/out swapped the rhs, the input's layout the output.
-  grad_dn = lax.ConvDimensionNumbers(dn.out_spec, (dn.rhs_spec[1], dn.rhs_spec[0], *rhs_sp),
-                                     dn.lhs_spec)
+  # g plays the lhs, the kernel with its in/out features swapped (a transposed copy, so that
+  # the convolution keeps the forward's kernel layout: XLA:CPU's Eigen kernels take only
+  # NHWC x HWIO, and it rewrites other layouts only outside loops) the rhs, and the input's
+  # layout the output.
+  rhs = jnp.swapaxes(rhs, dn.rhs_spec[0], dn.rhs_spec[1])
+  grad_dn = lax.ConvDimensionNumbers(dn.out_spec, dn.rhs_spec, dn.lhs_spec)
   phase_shape = list(lhs_shape)
   for a, n in zip(lhs_sp, n_phase):
     phase_shape[a] = n

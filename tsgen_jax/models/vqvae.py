@@ -45,9 +45,11 @@ def _bn(train):
 
 def _conv(features, kernel_size, wgrad_chunk: int, **kwargs):
   """nn.Conv whose weight gradient is summed over batch chunks of ``wgrad_chunk`` rows
-  (0: XLA's own) and whose kernel taps that meet only padding are skipped (models/conv.py)."""
-  return nn.Conv(features, kernel_size,
-                 conv_general_dilated=trim_dead_taps(chunked_wgrad_conv(wgrad_chunk)), **kwargs)
+  (0: XLA's own) and whose kernel taps that meet only padding are skipped; on CPU its
+  gradient convolutions are written in the NHWC x HWIO form that XLA:CPU's Eigen kernels
+  take, also inside a ``lax.scan`` of train steps (models/conv.py, ``canonical``)."""
+  conv = chunked_wgrad_conv(wgrad_chunk, canonical=jax.default_backend() == "cpu")
+  return nn.Conv(features, kernel_size, conv_general_dilated=trim_dead_taps(conv), **kwargs)
 
 
 class ResBlock(nn.Module):
