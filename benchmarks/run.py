@@ -12,8 +12,8 @@ Names: stage1_{plain,barlowtwins,vibcreg,lfhf,vibcreg_lfhf}_b{128,32}, stage1_pl
 1024}_b{32,128,512}, stage1_{plain,barlowtwins,vibcreg,lfhf}_b128_k10 and
 stage2_train_b256_k10 (the target steps as the training loop runs them: 10 steps per call,
 ``steps_per_call``'s default; times per step), stage2_train_b{256,32}, stage2_train_lfhf_b128
-(the default config's stage-2 step), sample_256_t10_s{1,2}, stage2_train_b256_bf16 and sample_256_t10_s1_bf16 (with
-``stage2.matmul_dtype='bfloat16'``), augment_<name>,
+(the default config's stage-2 step), sample_256_t10_s{1,2}, stage2_train_b256_bf16 and
+sample_256_t10_s1_bf16 (with ``stage2.matmul_dtype='bfloat16'``), augment_<name>,
 augment_default_views, data_pipeline (both host/device rows). ``--only`` also accepts a
 prefix ending in '*' (e.g. ``stage1_*``).
 """
