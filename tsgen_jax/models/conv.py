@@ -71,10 +71,11 @@ def chunked_wgrad_conv(rows: int, phase_input_grad: bool = True, canonical: bool
   """A ``lax.conv_general_dilated`` whose rhs (kernel) gradient is summed over batch chunks.
 
   Args:
-    rows: batch rows per chunk; 0 turns the custom gradient off (``lax.conv_general_dilated``
-      itself). A batch of fewer than ``MIN_CHUNKS * rows`` rows is one chunk: XLA's own
-      weight gradient, and the custom gradient is kept only for the phase input gradient
-      (plain convolution where that does not apply). Off for ``batch_group_count != 1``.
+    rows: batch rows per chunk; 0 is one chunk, and without ``canonical`` turns the custom
+      gradient off (``lax.conv_general_dilated`` itself). A batch of fewer than
+      ``MIN_CHUNKS * rows`` rows is one chunk: XLA's own weight gradient, and the custom
+      gradient is kept only for the phase input gradient (plain convolution where that does
+      not apply) or ``canonical``. Off for ``batch_group_count != 1``.
     phase_input_grad: compute a strided convolution's lhs gradient with
       :func:`strided_conv_input_grad` (the default) instead of autodiff's lhs-dilated
       convolution; used only where that function applies.
