@@ -139,6 +139,19 @@ def test_vqvae_gradients_and_variables_unchanged():
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * max(float(jnp.abs(a).max()), 1e-3))
 
 
+def _conv_case(seed, shape, kernel, strides, padding, dn):
+  """(x, w, g, fwd, spec): random input of (B, H, W, C) ``shape`` (NCHW: the same sizes in
+  its layout), a kernel with 5 outputs, an output cotangent, the forward convolution and its
+  dimension numbers."""
+  kx, kw, kg = jax.random.split(jax.random.key(seed), 3)
+  b, h, w_, c = shape
+  x = jax.random.normal(kx, shape if dn == NHWC else (b, c, h, w_))
+  w = jax.random.normal(kw, (*kernel, c, 5) if dn == NHWC else (5, c, *kernel))
+  fwd = _conv_fn(lax.conv_general_dilated, strides, padding, dn)
+  g = jax.random.normal(kg, jax.eval_shape(fwd, x, w).shape)
+  return x, w, g, fwd, lax.conv_dimension_numbers(x.shape, w.shape, dn)
+
+
 @pytest.mark.parametrize("shape,kernel,strides,padding,dn", [
     ((3, 5, 32, 4), (3, 4), (1, 2), ((1, 1), (1, 1)), NHWC),  # the encoder's downsampling conv
     ((3, 5, 33, 4), (3, 4), (1, 2), ((1, 1), (1, 1)), NHWC),  # odd length: last frame unread
@@ -152,13 +165,8 @@ def test_vqvae_gradients_and_variables_unchanged():
 ])
 def test_strided_input_grad_equals_autodiff(shape, kernel, strides, padding, dn):
   """(B, H, W, C) shape; NCHW cases use the same sizes in their own layout."""
-  kx, kw, kg = jax.random.split(jax.random.key(2), 3)
+  x, w, g, fwd, spec = _conv_case(2, shape, kernel, strides, padding, dn)
   b, h, w_, c = shape
-  x = jax.random.normal(kx, shape if dn == NHWC else (b, c, h, w_))
-  w = jax.random.normal(kw, (*kernel, c, 5) if dn == NHWC else (5, c, *kernel))
-  fwd = _conv_fn(lax.conv_general_dilated, strides, padding, dn)
-  g = jax.random.normal(kg, jax.eval_shape(fwd, x, w).shape)
-  spec = lax.conv_dimension_numbers(x.shape, w.shape, dn)
   got, ref = jax.jit(lambda x, w, g: (  # one compile; eager ops would compile one by one
       conv_lib.strided_conv_input_grad(g, w, x.shape, strides, padding, spec),
       jax.vjp(lambda a: fwd(a, w), x)[1](g)[0]))(x, w, g)
@@ -307,13 +315,8 @@ def test_vqvae_lfhf_same_with_and_without_trimming(monkeypatch):
 ])
 def test_conv_weight_grad_equals_autodiff(shape, kernel, strides, padding, dn):
   """(B, H, W, C) shape; NCHW cases use the same sizes in their own layout."""
-  kx, kw, kg = jax.random.split(jax.random.key(3), 3)
-  b, h, w_, c = shape
-  x = jax.random.normal(kx, shape if dn == NHWC else (b, c, h, w_))
-  w = jax.random.normal(kw, (*kernel, c, 5) if dn == NHWC else (5, c, *kernel))
-  fwd = _conv_fn(lax.conv_general_dilated, strides, padding, dn)
-  g = jax.random.normal(kg, jax.eval_shape(fwd, x, w).shape)
-  spec = lax.conv_dimension_numbers(x.shape, w.shape, dn)
+  x, w, g, fwd, spec = _conv_case(3, shape, kernel, strides, padding, dn)
+  c = shape[3]
   got, ref = jax.jit(lambda x, w, g: (
       conv_lib.conv_weight_grad(x, g, w.shape, strides, padding, spec),
       jax.vjp(lambda k: fwd(x, k), w)[1](g)[0]))(x, w, g)
