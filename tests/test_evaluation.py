@@ -1,11 +1,13 @@
 """Tests for tsgen_jax.evaluation: FID, IS, FCN, CAS, ROCKET, statistics and plots."""
 
 import json
+import re
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import scipy.linalg
 
@@ -263,3 +265,28 @@ def test_plots_write_png(tmp_path):
   ev.plot_feature_pca(np.random.randn(30, 8), np.random.randn(20, 8) + 1, str(pca_path))
   for path in (real_path, pca_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 1000
+
+
+def test_fcn_train_steps_per_call_equal_single_steps():
+  """make_train_steps (train_fcn's calls of k steps, a rolled scan): the parameters of k
+  single steps; on CPU every convolution of the loop in the NHWC x HWIO form (in any other
+  form XLA:CPU runs it there in a naive kernel, benchmarks/NOTES.md item 22)."""
+  x, y = _cbf_set(48)
+  module = fcn_lib.FCN(3, wgrad_chunk=resolve_rows(-1))
+  v = module.init(jax.random.PRNGKey(0), jnp.asarray(x[:1]), train=False)
+  tx = optax.adam(1e-3)
+  xs, ys = jnp.asarray(x), jnp.asarray(y)
+  idx = jnp.asarray(fcn_lib.batch_schedule(48, 3, 16, np.random.default_rng(0)))
+  one = fcn_lib.make_train_step(module, tx)
+  state = (v["params"], v["batch_stats"], tx.init(v["params"]))
+  single = state
+  for i in range(3):
+    single = one(*single, xs, ys, idx[i])
+  many = fcn_lib.make_train_steps(module, tx)
+  looped = many(*state, xs, ys, idx)
+  for a, b in zip(jax.tree.leaves(looped), jax.tree.leaves(single)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  if jax.default_backend() == "cpu":
+    hlo = many.lower(*state, xs, ys, idx).compile().as_text()
+    labels = set(re.findall(r" convolution\([^\n]*?dim_labels=([^,]*)", hlo))
+    assert " while(" in hlo and labels == {"b0f_0io->b0f"}, labels

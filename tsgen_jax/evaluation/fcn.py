@@ -27,6 +27,8 @@ from tsgen_jax.errors import CheckpointError
 from tsgen_jax.models.conv import chunked_wgrad_conv, resolve_rows
 
 EVAL_BATCH = 256
+# Training steps per compiled call (make_train_steps), as the stage-1/2 loops' steps_per_call.
+STEPS_PER_CALL = 10
 _META_KEY = "__metadata__"
 _FORMAT = "tsgen_jax.fcn/1"
 
@@ -49,7 +51,9 @@ class FCN(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     h = jnp.transpose(x, (0, 2, 1))  # (B, C, L) -> (B, L, C), NWC for flax convs.
-    conv_fn = chunked_wgrad_conv(self.wgrad_chunk)
+    # On CPU the gradient convolutions in NHWC x HWIO form, as XLA:CPU needs inside the
+    # training loop's lax.scan (models/conv.py, canonical; benchmarks/NOTES.md item 22).
+    conv_fn = chunked_wgrad_conv(self.wgrad_chunk, canonical=jax.default_backend() == "cpu")
     for width, kernel in zip(self.widths, self.kernel_sizes):
       h = nn.Conv(width, (kernel,), padding="SAME", use_bias=False,
                   conv_general_dilated=conv_fn)(h)
@@ -153,6 +157,21 @@ def make_train_step(module: FCN, tx: optax.GradientTransformation) -> Callable:
   return step
 
 
+def make_train_steps(module: FCN, tx: optax.GradientTransformation) -> Callable:
+  """:func:`make_train_step` for k steps in one call, a rolled ``lax.scan``: ``(params,
+  batch_stats, opt_state, xs, ys, idx (k, B) int32) -> (params, batch_stats, opt_state)``,
+  step i on the rows ``idx[i]``. On CPU each call faults XLA's temporaries in afresh, so k
+  steps per call are faster per step (benchmarks/NOTES.md item 22); compiled once per k."""
+  step = make_train_step(module, tx)
+
+  @jax.jit
+  def steps(params, batch_stats, opt_state, xs, ys, idx):
+    body = lambda carry, i: (step(*carry, xs, ys, i), None)  # noqa: E731
+    return jax.lax.scan(body, (params, batch_stats, opt_state), idx)[0]
+
+  return steps
+
+
 def train_fcn(x: np.ndarray, y: np.ndarray, num_classes: int, *, steps: int = 1000,
               batch_size: int = 256, lr: float = 1e-3, seed: int = 0, every: int = 0,
               on_every: Optional[Callable[[int, FCNModel], None]] = None) -> FCNModel:
@@ -176,12 +195,18 @@ def train_fcn(x: np.ndarray, y: np.ndarray, num_classes: int, *, steps: int = 10
   tx = optax.adam(lr)
   params, batch_stats = variables["params"], variables["batch_stats"]
   opt_state = tx.init(params)
-  step = make_train_step(module, tx)
+  run_steps = make_train_steps(module, tx)
   xs, ys = jnp.asarray(x), jnp.asarray(y)
   schedule = batch_schedule(len(x), steps, batch_size, np.random.default_rng(seed))
   input_shape = tuple(int(d) for d in x.shape[1:])
-  for k, idx in enumerate(schedule, start=1):
-    params, batch_stats, opt_state = step(params, batch_stats, opt_state, xs, ys, idx)
+  k = 0
+  while k < steps:  # calls of STEPS_PER_CALL steps, ending at every multiple of ``every``
+    stop = min(steps, k + STEPS_PER_CALL)
+    if on_every is not None and every > 0:
+      stop = min(stop, (k // every + 1) * every)
+    params, batch_stats, opt_state = run_steps(params, batch_stats, opt_state, xs, ys,
+                                               schedule[k:stop])
+    k = stop
     if on_every is not None and every > 0 and k % every == 0:
       on_every(k, FCNModel(*jax.device_get((params, batch_stats)), int(num_classes), input_shape))
   params, batch_stats = jax.device_get((params, batch_stats))
