@@ -49,7 +49,7 @@ def calls(name: str, ks: list[int]) -> dict:
   forms = {"1": (trainer.compile_step(step, mesh, state, **kw), (batch, rng))}
   for k in ks:
     forms[str(k)] = (trainer.compile_steps(step, mesh, state, k, **kw),
-                     ((batch,) * k, jnp.stack([rng] * k)))
+                     common.loop_args(batch, rng, k))
   out = {}
   for label, (jitted, args) in forms.items():
     s = jax.tree.map(jnp.copy, state)

@@ -24,7 +24,7 @@ from flax import traverse_util
 from scipy import special
 
 from tsgen_jax.errors import CheckpointError
-from tsgen_jax.models.conv import chunked_wgrad_conv, resolve_rows
+from tsgen_jax.models.conv import canonical_default, chunked_wgrad_conv, resolve_rows
 
 EVAL_BATCH = 256
 # Training steps per compiled call (make_train_steps), as the stage-1/2 loops' steps_per_call.
@@ -53,7 +53,7 @@ class FCN(nn.Module):
     h = jnp.transpose(x, (0, 2, 1))  # (B, C, L) -> (B, L, C), NWC for flax convs.
     # On CPU the gradient convolutions in NHWC x HWIO form, as XLA:CPU needs inside the
     # training loop's lax.scan (models/conv.py, canonical; benchmarks/NOTES.md item 22).
-    conv_fn = chunked_wgrad_conv(self.wgrad_chunk, canonical=jax.default_backend() == "cpu")
+    conv_fn = chunked_wgrad_conv(self.wgrad_chunk, canonical=canonical_default())
     for width, kernel in zip(self.widths, self.kernel_sizes):
       h = nn.Conv(width, (kernel,), padding="SAME", use_bias=False,
                   conv_general_dilated=conv_fn)(h)

@@ -66,6 +66,13 @@ def resolve_rows(rows: int, auto: int = 16) -> int:
   return rows
 
 
+def canonical_default() -> bool:
+  """The ``canonical`` setting for the models' convolutions on this backend: True on CPU,
+  where XLA:CPU needs the NHWC x HWIO gradient convolutions inside the training loops'
+  ``lax.scan`` (see :func:`chunked_wgrad_conv`); elsewhere autodiff's own gradients."""
+  return jax.default_backend() == "cpu"
+
+
 @functools.lru_cache(maxsize=None)
 def chunked_wgrad_conv(rows: int, phase_input_grad: bool = True, canonical: bool = False):
   """A ``lax.conv_general_dilated`` whose rhs (kernel) gradient is summed over batch chunks.
@@ -119,12 +126,12 @@ def chunked_wgrad_conv(rows: int, phase_input_grad: bool = True, canonical: bool
       return plain(lhs, rhs)
     # too few rows for slices: one of them
     chunk = rows if 0 < rows and n >= MIN_CHUNKS * rows else n
-    simple = (preferred_element_type is None and feature_group_count == 1
-              and canonical_grad_applies(padding, lhs_dilation, rhs_dilation))
-    by_phase = simple and (canonical or (phase_input_grad and any(
-        s > 1 for s in window_strides)))
-    by_layout = simple and canonical
-    if chunk == n and not by_phase and not by_layout:
+    by_layout = (canonical and preferred_element_type is None and feature_group_count == 1
+                 and canonical_grad_applies(padding, lhs_dilation, rhs_dilation))
+    by_phase = by_layout or (phase_input_grad and preferred_element_type is None
+                             and phase_grad_applies(window_strides, padding, lhs_dilation,
+                                                    rhs_dilation, feature_group_count))
+    if chunk == n and not by_phase:
       return plain(lhs, rhs)  # nothing left to change in XLA's gradient
 
     @jax.custom_vjp

@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from tsgen_jax import stft as stft_lib
-from tsgen_jax.models.conv import chunked_wgrad_conv, resolve_rows, trim_dead_taps
+from tsgen_jax.models.conv import (canonical_default, chunked_wgrad_conv, resolve_rows,
+                                    trim_dead_taps)
 from tsgen_jax.models.vq import VectorQuantizer
 
 BN_MOMENTUM = 0.9
@@ -48,7 +49,7 @@ def _conv(features, kernel_size, wgrad_chunk: int, **kwargs):
   (0: XLA's own) and whose kernel taps that meet only padding are skipped; on CPU its
   gradient convolutions are written in the NHWC x HWIO form that XLA:CPU's Eigen kernels
   take, also inside a ``lax.scan`` of train steps (models/conv.py, ``canonical``)."""
-  conv = chunked_wgrad_conv(wgrad_chunk, canonical=jax.default_backend() == "cpu")
+  conv = chunked_wgrad_conv(wgrad_chunk, canonical=canonical_default())
   return nn.Conv(features, kernel_size, conv_general_dilated=trim_dead_taps(conv), **kwargs)
 
 
