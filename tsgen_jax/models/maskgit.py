@@ -86,61 +86,68 @@ def _dot(spec: str, a: jax.Array, b: jax.Array, mixed: bool) -> jax.Array:
                     preferred_element_type=jnp.float32 if mixed else None)
 
 
-@jax.custom_vjp
-def mixed_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
-  """``x @ w`` for x (..., M) and w (M, N), with bfloat16 operands and float32 accumulation:
-  float32 (..., N).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def matmul(x: jax.Array, w: jax.Array, mixed: bool = False) -> jax.Array:
+  """``x @ w`` for x (..., M) and w (M, N): (..., N), in the operands' dtype, or with
+  ``mixed`` in bfloat16 operands with float32 accumulation and result.
 
-  The gradient is mixed-precision too: the float32 output gradient is rounded to bfloat16 and
-  both gradient matmuls take bfloat16 operands and accumulate in float32 (as mixed-precision
-  training does elsewhere); dx and dw come back in x's and w's dtypes. On a CPU with
-  AVX512-BF16 such matmuls ran at 1.6-2.2x the float32 rate (weight gradients excepted);
-  bfloat16 results would not (XLA:CPU's bfloat16-output dots are slower than float32 ones;
-  benchmarks/NOTES.md item 21).
+  The backward pass computes w's gradient as one contraction of x and the output gradient
+  over all their leading rows (``km,kn->mn``), which XLA:CPU runs on the two row-major arrays
+  as they are. Autodiff's form is that gradient's transpose (``kn,km->nm``), for which XLA
+  first copies x transposed: twelve (10496, 256) copies per stage-2 step at B = 256, ~6 % of
+  its time (benchmarks/NOTES.md item 23).
+
+  ``mixed``: the gradient is mixed-precision too; the float32 output gradient is rounded to
+  bfloat16 and both gradient matmuls take bfloat16 operands and accumulate in float32 (as
+  mixed-precision training does elsewhere); dx and dw come back in x's and w's dtypes. On a
+  CPU with AVX512-BF16 such matmuls ran at 1.6-2.2x the float32 rate (weight gradients
+  excepted); bfloat16 results would not (XLA:CPU's bfloat16-output dots are slower than
+  float32 ones; benchmarks/NOTES.md item 21).
   """
-  return _dot("...m,mn->...n", x, w, True)
+  return _dot("...m,mn->...n", x, w, mixed)
 
 
-def _mixed_matmul_fwd(x, w):
-  return mixed_matmul(x, w), (x.astype(jnp.bfloat16), w.astype(jnp.bfloat16),
-                              jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))
+def _matmul_fwd(x, w, mixed):
+  return matmul(x, w, mixed), (_operand(x, mixed), _operand(w, mixed),
+                               jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))
 
 
-def _mixed_matmul_bwd(res, g):
-  xb, wb, x_like, w_like = res
-  gb = _operand(g, True)
-  m, n = wb.shape
-  dx = _dot("...n,mn->...m", gb, wb, True)
-  dw = _dot("km,kn->mn", xb.reshape(-1, m), gb.reshape(-1, n), True)
+def _matmul_bwd(mixed, res, g):
+  xo, wo, x_like, w_like = res
+  g = _operand(g, mixed)
+  m, n = wo.shape
+  dx = _dot("...n,mn->...m", g, wo, mixed)
+  dw = _dot("km,kn->mn", xo.reshape(-1, m), g.reshape(-1, n), mixed)
   return dx.astype(x_like.dtype), dw.astype(w_like.dtype)
 
 
-mixed_matmul.defvjp(_mixed_matmul_fwd, _mixed_matmul_bwd)
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
-def matmul(x: jax.Array, w: jax.Array, mixed: bool) -> jax.Array:
-  """``x @ w`` for x (..., M) and w (M, N): :func:`mixed_matmul` when ``mixed``, else in the
-  operands' dtype."""
-  return mixed_matmul(x, w) if mixed else jnp.einsum("...m,mn->...n", x, w)
+def mixed_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+  """:func:`matmul` with ``mixed``: x (..., M) @ w (M, N) with bfloat16 operands, float32
+  (..., N)."""
+  return matmul(x, w, True)
 
 
-def mixed_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
-  """``lax.dot_general`` for ``nn.Dense(dot_general=...)``, computed by :func:`mixed_matmul`:
-  lhs (..., M) contracted with rhs (M, N) on M, float32 (..., N). Other dimension numbers are
-  a ValueError; ``precision`` and ``preferred_element_type`` are ignored."""
+def matmul_dot_general(lhs, rhs, dimension_numbers, precision=None,
+                       preferred_element_type=None, *, mixed: bool = False):
+  """``lax.dot_general`` for ``nn.Dense(dot_general=...)``, computed by :func:`matmul`:
+  lhs (..., M) contracted with rhs (M, N) on M, (..., N). Other dimension numbers are a
+  ValueError; ``precision`` and ``preferred_element_type`` are ignored."""
   del precision, preferred_element_type
   (lc, rc), (lb, rb) = dimension_numbers
   if tuple(lc) != (lhs.ndim - 1,) or tuple(rc) != (0,) or lb or rb or rhs.ndim != 2:
-    raise ValueError(f"mixed_dot_general takes (..., M) x (M, N), got {dimension_numbers}")
-  return mixed_matmul(lhs, rhs)
+    raise ValueError(f"matmul_dot_general takes (..., M) x (M, N), got {dimension_numbers}")
+  return matmul(lhs, rhs, mixed)
 
 
 def dense(features: int, dtype: Any, name: str) -> nn.Dense:
-  """``nn.Dense(features)`` whose matmul runs in ``dtype``: float32, or with bfloat16 the
-  mixed-precision :func:`mixed_matmul` (float32 parameters, inputs and outputs)."""
-  if is_mixed(dtype):
-    return nn.Dense(features, dtype=jnp.float32, dot_general=mixed_dot_general, name=name)
-  return nn.Dense(features, dtype=dtype, name=name)
+  """``nn.Dense(features)`` whose matmul is :func:`matmul`'s: in float32, or with bfloat16
+  mixed-precision (float32 parameters, inputs and outputs)."""
+  mixed = is_mixed(dtype)
+  return nn.Dense(features, dtype=jnp.float32 if mixed else dtype, name=name,
+                  dot_general=functools.partial(matmul_dot_general, mixed=mixed))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
