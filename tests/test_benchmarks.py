@@ -212,3 +212,13 @@ def test_ab_args_and_print_times(capsys):
     common.ab_args(["p", "vibreg", "128", "30"], "usage", "prog", ("plain", "vibcreg"))
   common.print_times("step", {"a": [0.010, 0.012, 0.0111]}, decimals=2)
   assert capsys.readouterr().out == "step a: median 11.10 ms (min 10.00, 3 calls)\n"
+
+
+def test_weight_grad_form_arguments():
+  from benchmarks import weight_grad_form  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit, match="usage"):
+    weight_grad_form.main(["p", "default"])
+  with pytest.raises(SystemExit, match="unknown prior 'lfhf2'; one of default, lfhf"):
+    weight_grad_form.main(["p", "default,lfhf2", "10", "3"])
+  with pytest.raises(SystemExit, match="K must be at least 2"):
+    weight_grad_form.main(["p", "default", "1", "3"])
