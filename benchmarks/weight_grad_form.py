@@ -60,12 +60,7 @@ def calls_for(prior: str, k: int) -> dict:
 
 
 def main(argv):
-  if len(argv) != 4:
-    raise SystemExit(USAGE)
-  priors, k, rounds = argv[1].split(","), int(argv[2]), int(argv[3])
-  for p in priors:
-    if p not in PRIORS:
-      raise SystemExit(f"weight_grad_form: unknown prior {p!r}; one of {', '.join(PRIORS)}")
+  priors, k, rounds = common.ab_args(argv, USAGE, "weight_grad_form", tuple(PRIORS))
   if k < 2:
     raise SystemExit("weight_grad_form: K must be at least 2 (the training loop's form)")
   for p in priors:

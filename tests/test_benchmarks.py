@@ -218,7 +218,7 @@ def test_weight_grad_form_arguments():
   from benchmarks import weight_grad_form  # pylint: disable=g-import-not-at-top
   with pytest.raises(SystemExit, match="usage"):
     weight_grad_form.main(["p", "default"])
-  with pytest.raises(SystemExit, match="unknown prior 'lfhf2'; one of default, lfhf"):
+  with pytest.raises(SystemExit, match="unknown variant 'lfhf2'; one of default, lfhf"):
     weight_grad_form.main(["p", "default,lfhf2", "10", "3"])
   with pytest.raises(SystemExit, match="K must be at least 2"):
     weight_grad_form.main(["p", "default", "1", "3"])
