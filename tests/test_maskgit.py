@@ -174,8 +174,6 @@ def test_mixed_matmul_rounds_operands_and_gradients_to_bfloat16_only():
       (c[..., :4], c[..., 4:]), maskgit.project_jointly(x, ks, True))), argnums=(0, 1))(x, ks)
   np.testing.assert_allclose(gx, dx, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(jnp.concatenate(gk, axis=1), dw, rtol=1e-5, atol=1e-4)
-  with pytest.raises(ValueError, match="matmul_dot_general takes"):
-    maskgit.matmul_dot_general(x, w, (((1,), (0,)), ((), ())), mixed=True)
 
 
 def test_float32_matmul_gradients_and_weight_gradient_form():
@@ -200,16 +198,68 @@ def test_float32_matmul_gradients_and_weight_gradient_form():
   (lc, rc), _ = dw_dot.params["dimension_numbers"]
   assert tuple(lc) == tuple(rc) == (0,)
   assert dw_dot.invars[0].aval.shape == (15, 24)  # x's rows first: no transposed copy
-  # nn.Dense through matmul_dot_general: the same values and gradients as flax's own.
-  ours = maskgit.dense(10, jnp.float32, "d")
+
+
+def _eqns(jaxpr):
+  """Every equation of ``jaxpr`` and of its sub-jaxprs (jit, custom VJPs, ...)."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for v in eqn.params.values():
+      for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          yield from _eqns(inner)
+
+
+def test_dense_and_rmsnorm_are_flax_layers_with_parameter_gradients_as_products():
+  """``maskgit.Dense`` and ``maskgit.RMSNorm``: flax's variables (the same initial values from
+  the same key) and forward values, bit for bit; gradients against float64 numpy and flax's
+  own; and the bias and scale gradients computed as products, with no reduction over rows
+  (autodiff's form, which XLA:CPU runs as a slow reduce-window: benchmarks/NOTES.md item 24)."""
+  x = jax.random.normal(jax.random.key(0), (3, 5, 24))
+  c = jax.random.normal(jax.random.key(2), (3, 5, 10))
+  x64, c64 = np.asarray(x, np.float64), np.asarray(c, np.float64)
+  rows = jax.random.normal(jax.random.key(4), (2, 7, 6))
+  np.testing.assert_allclose(maskgit.column_sum(rows),
+                             np.asarray(rows, np.float64).sum(axis=(0, 1)), rtol=1e-5,
+                             atol=1e-5)
+  ours, theirs = maskgit.dense(10, jnp.float32, "d"), nn.Dense(10, name="d")
   params = ours.init(jax.random.key(3), x)
-  flax_dense = nn.Dense(10, name="d")
-  for f in (lambda p: ours.apply(p, x), lambda p: flax_dense.apply(p, x)):
-    np.testing.assert_allclose(f(params), x64 @ np.asarray(params["params"]["kernel"])
-                               + np.asarray(params["params"]["bias"]), rtol=1e-5, atol=1e-5)
-  g1, g2 = (jax.grad(lambda p, m=m: jnp.sum(c * m.apply(p, x)))(params)
-            for m in (ours, flax_dense))
-  chex.assert_trees_all_close(g1, g2, rtol=1e-5, atol=1e-5)
+  chex.assert_trees_all_equal(params, theirs.init(jax.random.key(3), x))
+  params = jax.tree.map(lambda a: a + 0.1, params)  # a nonzero bias
+  kernel, bias = (np.asarray(params["params"][n], np.float64) for n in ("kernel", "bias"))
+  np.testing.assert_array_equal(ours.apply(params, x), theirs.apply(params, x))
+  np.testing.assert_allclose(ours.apply(params, x), x64 @ kernel + bias, rtol=1e-5, atol=1e-5)
+  dense_loss = lambda p, x: jnp.sum(c * ours.apply(p, x))  # noqa: E731
+  g, gx = jax.grad(dense_loss, argnums=(0, 1))(params, x)
+  np.testing.assert_allclose(g["params"]["bias"], c64.sum(axis=(0, 1)), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(g["params"]["kernel"], np.einsum("bsm,bsn->mn", x64, c64),
+                             rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(gx, c64 @ kernel.T, rtol=1e-5, atol=1e-5)
+
+  norm, flax_norm = maskgit.RMSNorm(name="n"), nn.RMSNorm(name="n")
+  nparams = norm.init(jax.random.key(5), x)
+  chex.assert_trees_all_equal(nparams, flax_norm.init(jax.random.key(5), x))
+  nparams = jax.tree.map(lambda a: a * jnp.linspace(0.5, 1.5, 24), nparams)
+  np.testing.assert_array_equal(norm.apply(nparams, x), flax_norm.apply(nparams, x))
+  scale = np.asarray(nparams["params"]["scale"], np.float64)
+  r = 1 / np.sqrt(np.mean(x64 ** 2, axis=-1, keepdims=True) + 1e-6)
+  np.testing.assert_allclose(norm.apply(nparams, x), x64 * r * scale, rtol=1e-5, atol=1e-6)
+  cn = jax.random.normal(jax.random.key(6), x.shape)
+  norm_loss = lambda m: lambda p, x: jnp.sum(cn * m.apply(p, x))  # noqa: E731
+  gn, gnx = jax.grad(norm_loss(norm), argnums=(0, 1))(nparams, x)
+  np.testing.assert_allclose(gn["params"]["scale"],
+                             (np.asarray(cn, np.float64) * x64 * r).sum(axis=(0, 1)),
+                             rtol=1e-5, atol=1e-5)
+  chex.assert_trees_all_close((gn, gnx), jax.grad(norm_loss(flax_norm), argnums=(0, 1))(
+      nparams, x), rtol=1e-5, atol=1e-5)
+
+  # The parameter gradients' form: no reduce_sum of (3, 5, F) over its rows to (F,).
+  for loss, p in ((dense_loss, params), (norm_loss(norm), nparams)):
+    jaxpr = jax.make_jaxpr(jax.grad(loss))(p, x).jaxpr
+    row_sums = [e for e in _eqns(jaxpr) if e.primitive.name == "reduce_sum"
+                and tuple(e.params["axes"]) == (0, 1) and e.outvars[0].aval.ndim == 1]
+    assert not row_sums, row_sums
 
 
 def test_bfloat16_prior_trains_as_well_as_float32():

@@ -130,24 +130,99 @@ def mixed_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
   return matmul(x, w, True)
 
 
-def matmul_dot_general(lhs, rhs, dimension_numbers, precision=None,
-                       preferred_element_type=None, *, mixed: bool = False):
-  """``lax.dot_general`` for ``nn.Dense(dot_general=...)``, computed by :func:`matmul`:
-  lhs (..., M) contracted with rhs (M, N) on M, (..., N). Other dimension numbers are a
-  ValueError; ``precision`` and ``preferred_element_type`` are ignored."""
-  del precision, preferred_element_type
-  (lc, rc), (lb, rb) = dimension_numbers
-  if tuple(lc) != (lhs.ndim - 1,) or tuple(rc) != (0,) or lb or rb or rhs.ndim != 2:
-    raise ValueError(f"matmul_dot_general takes (..., M) x (M, N), got {dimension_numbers}")
-  return matmul(lhs, rhs, mixed)
+def column_sum(y: jax.Array) -> jax.Array:
+  """y (..., N) summed over all its leading axes: (N,), as one vector-matrix product.
+
+  The gradients of a bias or a norm's scale are such sums. XLA:CPU, with YNNPACK taking only
+  the dots (the prior's train step, ``trainer.step_compiler_options``), splits a reduction
+  over more than 32 rows into windows of 32 and runs that ``reduce-window`` as a kernel of its
+  own: 2-3 ms per (10496, 256) sum in the B = 256 step, where the product runs as a YNNPACK
+  dot (benchmarks/NOTES.md item 24).
+  """
+  rows = y.reshape(-1, y.shape[-1])
+  return jnp.dot(jnp.ones((rows.shape[0],), rows.dtype), rows)
 
 
-def dense(features: int, dtype: Any, name: str) -> nn.Dense:
-  """``nn.Dense(features)`` whose matmul is :func:`matmul`'s: in float32, or with bfloat16
-  mixed-precision (float32 parameters, inputs and outputs)."""
-  mixed = is_mixed(dtype)
-  return nn.Dense(features, dtype=jnp.float32 if mixed else dtype, name=name,
-                  dot_general=functools.partial(matmul_dot_general, mixed=mixed))
+@jax.custom_vjp
+def add_bias(y: jax.Array, b: jax.Array) -> jax.Array:
+  """``y + b`` for y (..., N) and b (N,): (..., N); b's gradient is :func:`column_sum`'s."""
+  return y + b
+
+
+def _add_bias_fwd(y, b):
+  return add_bias(y, b), (jnp.zeros((0,), y.dtype), jnp.zeros((0,), b.dtype))
+
+
+def _add_bias_bwd(res, g):
+  y_like, b_like = res
+  return g.astype(y_like.dtype), column_sum(g).astype(b_like.dtype)
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
+class Dense(nn.Module):
+  """``nn.Dense(features)`` with the same variables (a lecun-normal float32 'kernel' (M, N), a
+  zero 'bias' (N,)) and values, computed by :func:`matmul` (float32, or with a bfloat16
+  ``dtype`` mixed precision: float32 parameters, inputs and outputs) and :func:`add_bias`:
+  the weight gradient is one ``km,kn->mn`` contraction and the bias gradient one
+  :func:`column_sum`."""
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x (..., M) -> (..., features)."""
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (x.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+    mixed = is_mixed(self.dtype)
+    dtype = jnp.float32 if mixed else self.dtype
+    return add_bias(matmul(x.astype(dtype), kernel.astype(dtype), mixed), bias.astype(dtype))
+
+
+def dense(features: int, dtype: Any, name: str) -> Dense:
+  """:class:`Dense` (``nn.Dense(features)``'s variables and values) in float32, or with
+  bfloat16 mixed-precision."""
+  return Dense(features, dtype, name=name)
+
+
+@jax.custom_vjp
+def scale_rows(x: jax.Array, r: jax.Array, scale: jax.Array) -> jax.Array:
+  """``x * (r * scale)`` for x (..., N), r (..., 1) and scale (N,): (..., N), as
+  ``nn.RMSNorm`` applies its rms and scale. The backward pass takes r's gradient and the
+  scale's as two matrix-vector products of ``g * x`` (with the scale, and with r), not as
+  reductions (see :func:`column_sum`)."""
+  return x * (r * scale)
+
+
+def _scale_rows_fwd(x, r, scale):
+  return scale_rows(x, r, scale), (x, r, scale)
+
+
+def _scale_rows_bwd(res, g):
+  x, r, scale = res
+  gx = (g * x).reshape(-1, x.shape[-1])
+  dr = jnp.dot(gx, scale).reshape(r.shape)
+  return g * (r * scale), dr, jnp.dot(r.reshape(-1), gx)
+
+
+scale_rows.defvjp(_scale_rows_fwd, _scale_rows_bwd)
+
+
+class RMSNorm(nn.Module):
+  """``nn.RMSNorm()`` over the last axis, with its variable (a float32 'scale' per feature,
+  initialised to 1), epsilon and forward values, and the backward pass of
+  :func:`scale_rows`."""
+  epsilon: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x (..., N) -> float32 (..., N)."""
+    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
+    x = x.astype(jnp.float32)
+    var = jnp.mean(jax.lax.square(x), axis=-1, keepdims=True)
+    return scale_rows(x, jax.lax.rsqrt(var + self.epsilon), scale)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -300,7 +375,7 @@ class TransformerBlock(nn.Module):
     block's input is ``x[table_index]``: the attention norm and the query/key/value
     projections run once per table row (see ``MaskGITTransformer.first_block_table``).
     """
-    h = nn.RMSNorm(name="attn_norm")(x)
+    h = RMSNorm(name="attn_norm")(x)
     attn = SelfAttention(self.n_heads, self.hidden_dim, self.dropout, self.dtype, name="attn")
     if table_index is not None:
       rows = table_index if query_index is None else jnp.take_along_axis(
@@ -315,7 +390,7 @@ class TransformerBlock(nn.Module):
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     x = x + h.astype(x.dtype)
 
-    h = nn.RMSNorm(name="mlp_norm")(x)
+    h = RMSNorm(name="mlp_norm")(x)
     h = dense(self.hidden_dim * self.ff_mult, self.dtype, "mlp_in")(h)
     h = nn.gelu(h)
     h = dense(self.hidden_dim, self.dtype, "mlp_out")(h)
@@ -450,7 +525,7 @@ class MaskGITTransformer(nn.Module):
                                table_index=table_index if i == 0 else None)
     if rows is not None and not self.n_layers:
       x = take_rows(x, rows)
-    x = nn.RMSNorm(name="out_norm")(x[:, n_ctx:])
+    x = RMSNorm(name="out_norm")(x[:, n_ctx:])
     logits = dense(self.codebook_size, self.dtype, "head")(x)
     return logits.astype(jnp.float32)
 
