@@ -83,19 +83,22 @@ def ucr_archive():
   return path
 
 
-def dot_dtypes(jaxpr) -> list:
-  """(lhs, rhs, out) dtype names of every dot_general in ``jaxpr`` and its sub-jaxprs (those
-  of jit, scan, custom VJPs and other higher-order primitives)."""
-  out = []
+def all_eqns(jaxpr):
+  """Every equation of ``jaxpr`` and of its sub-jaxprs (those of jit, scan, custom VJPs and
+  other higher-order primitives), depth first."""
   for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "dot_general":
-      out.append(tuple(str(v.aval.dtype) for v in (*eqn.invars, *eqn.outvars)))
+    yield eqn
     for v in eqn.params.values():
       for sub in (v if isinstance(v, (tuple, list)) else (v,)):
         inner = getattr(sub, "jaxpr", sub)
         if hasattr(inner, "eqns"):
-          out += dot_dtypes(inner)
-  return out
+          yield from all_eqns(inner)
+
+
+def dot_dtypes(jaxpr) -> list:
+  """(lhs, rhs, out) dtype names of every dot_general in ``jaxpr`` and its sub-jaxprs."""
+  return [tuple(str(v.aval.dtype) for v in (*e.invars, *e.outvars))
+          for e in all_eqns(jaxpr) if e.primitive.name == "dot_general"]
 
 
 def tiny_config(**overrides):

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import dot_dtypes
+from conftest import all_eqns, dot_dtypes
 
 from tsgen_jax.models import maskgit
 
@@ -200,17 +200,6 @@ def test_float32_matmul_gradients_and_weight_gradient_form():
   assert dw_dot.invars[0].aval.shape == (15, 24)  # x's rows first: no transposed copy
 
 
-def _eqns(jaxpr):
-  """Every equation of ``jaxpr`` and of its sub-jaxprs (jit, custom VJPs, ...)."""
-  for eqn in jaxpr.eqns:
-    yield eqn
-    for v in eqn.params.values():
-      for sub in (v if isinstance(v, (tuple, list)) else (v,)):
-        inner = getattr(sub, "jaxpr", sub)
-        if hasattr(inner, "eqns"):
-          yield from _eqns(inner)
-
-
 def test_dense_and_rmsnorm_are_flax_layers_with_parameter_gradients_as_products():
   """``maskgit.Dense`` and ``maskgit.RMSNorm``: flax's variables (the same initial values from
   the same key) and forward values, bit for bit; gradients against float64 numpy and flax's
@@ -257,7 +246,7 @@ def test_dense_and_rmsnorm_are_flax_layers_with_parameter_gradients_as_products(
   # The parameter gradients' form: no reduce_sum of (3, 5, F) over its rows to (F,).
   for loss, p in ((dense_loss, params), (norm_loss(norm), nparams)):
     jaxpr = jax.make_jaxpr(jax.grad(loss))(p, x).jaxpr
-    row_sums = [e for e in _eqns(jaxpr) if e.primitive.name == "reduce_sum"
+    row_sums = [e for e in all_eqns(jaxpr) if e.primitive.name == "reduce_sum"
                 and tuple(e.params["axes"]) == (0, 1) and e.outvars[0].aval.ndim == 1]
     assert not row_sums, row_sums
 
