@@ -222,3 +222,15 @@ def test_weight_grad_form_arguments():
     weight_grad_form.main(["p", "default,lfhf2", "10", "3"])
   with pytest.raises(SystemExit, match="K must be at least 2"):
     weight_grad_form.main(["p", "default", "1", "3"])
+
+
+def test_tap_products_arguments_and_layer_run(capsys):
+  from benchmarks import tap_products  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit, match="usage"):
+    tap_products.main(["p", "layer"])
+  with pytest.raises(SystemExit, match="unknown variant 'plian'"):
+    tap_products.main(["p", "plian", "10", "3"])
+  tap_products.main(["p", "layer", "1", "2"])
+  out = capsys.readouterr().out
+  assert "layer, forward + gradients convolution: median" in out
+  assert "layer, forward + gradients tap_products: median" in out

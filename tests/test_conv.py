@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+from conftest import all_eqns
 from tsgen_jax.config import ConfigError, base_config, validate
 from tsgen_jax.models import conv as conv_lib
 from tsgen_jax.models.vqvae import VQVAE
@@ -393,3 +394,80 @@ def test_canonical_conv_gradients_equal_autodiff(rows, kernel, strides, padding)
   for a, b in zip(g_new, g_ref):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
   assert "custom_vjp" in str(jax.make_jaxpr(new)(x, w))
+
+
+def _numpy_conv(x, w, padding):
+  """Stride-1 convolution of x (B, S..., C) by w (K..., C, O), float64 loops over the taps."""
+  nsp = x.ndim - 2
+  x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+  xp = np.pad(x, ((0, 0), *padding, (0, 0)))
+  out = [xp.shape[1 + a] - w.shape[a] + 1 for a in range(nsp)]
+  y = np.zeros((x.shape[0], *out, w.shape[-1]))
+  for tap in np.ndindex(*w.shape[:nsp]):
+    window = xp[(slice(None), *(slice(t, t + n) for t, n in zip(tap, out)))]
+    y += window @ w[tap]
+  return y
+
+
+@pytest.mark.parametrize("shape,kernel,padding", [
+    ((4, 5, 9, 6), (3, 2), ((1, 1), (1, 0))),  # UpsampleTime's even phase
+    ((4, 5, 9, 6), (3, 2), ((1, 1), (0, 1))),  # and its odd one
+    ((4, 5, 9, 6), (3, 3), ((1, 1), (1, 1))),
+    ((4, 7, 9, 6), (3, 2), ((0, 2), (2, 0))),  # uneven padding, output larger than input
+    ((4, 5, 9, 6), (1, 1), ((0, 0), (0, 0))),
+    ((4, 17, 6), (5,), ((2, 2),)),  # one spatial axis
+])
+def test_tap_products_equal_numpy_convolution_with_autodiff_gradients(shape, kernel, padding):
+  """``tap_products`` (one matmul, then shifted sums): values against float64 loops over the
+  taps, input and kernel gradients against autodiff through ``lax.conv_general_dilated``."""
+  nsp = len(kernel)
+  kx, kw, kg = jax.random.split(jax.random.key(7), 3)
+  x = jax.random.normal(kx, shape)
+  w = jax.random.normal(kw, (*kernel, shape[-1], 2)) * 0.3
+  dn = lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC") if nsp == 2
+                                  else ("NWC", "WIO", "NWC"))
+  ref = lambda x, w: lax.conv_general_dilated(x, w, (1,) * nsp, padding,  # noqa: E731
+                                              dimension_numbers=dn)
+  new = lambda x, w: conv_lib.tap_products(x, w, padding)  # noqa: E731
+  y = jax.jit(new)(x, w)
+  expected = _numpy_conv(x, w, padding)
+  assert y.shape == expected.shape
+  np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+  cot = jax.random.normal(kg, y.shape)
+  for a, b in zip(jax.jit(lambda x, w, c: jax.vjp(new, x, w)[1](c))(x, w, cot),
+                  jax.jit(lambda x, w, c: jax.vjp(ref, x, w)[1](c))(x, w, cot)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
+
+
+@pytest.mark.parametrize("kernel,strides,out,dn,used", [
+    ((3, 2), (1, 1), 2, NHWC, True),
+    ((3, 2), (1, 1), 4, NHWC, True),  # 6 taps x 4 outputs = 2 x 12 input channels
+    ((3, 2), (1, 1), 5, NHWC, False),  # 30 columns > 2 x 12
+    ((3, 4), (1, 2), 2, NHWC, False),  # strided
+    ((3, 2), (1, 1), 2, NCHW, False),  # not channels-last
+])
+def test_tap_products_conv_only_for_narrow_unit_stride_channels_last(kernel, strides, out, dn,
+                                                                     used):
+  """The wrapper takes a convolution only where its products are at most twice as wide as the
+  input (taps * O <= 2 * C), with unit strides, channels last; others go to the wrapped
+  function, unchanged."""
+  x = jnp.ones((2, 5, 8, 12) if dn == NHWC else (2, 12, 5, 8))
+  w = jnp.ones((*kernel, 12, out) if dn == NHWC else (out, 12, *kernel))
+  f = _conv_fn(conv_lib.tap_products_conv(), strides, ((1, 1), (1, 0)), dn)
+  ref = _conv_fn(lax.conv_general_dilated, strides, ((1, 1), (1, 0)), dn)
+  prims = {e.primitive.name for e in jax.make_jaxpr(f)(x, w).jaxpr.eqns}
+  assert ("conv_general_dilated" not in prims) == used
+  np.testing.assert_allclose(f(x, w), ref(x, w), rtol=1e-6)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU model's convolutions")
+def test_vqvae_decoder_output_convolutions_are_tap_products():
+  """On CPU the stage-1 model has no convolution with its 2 output channels left (the
+  decoder's last UpsampleTime), and every other convolution still is one."""
+  x = jnp.ones((4, 1, 64))
+  model = VQVAE(num_channels=1, length=64, dim=8, n_resnet_blocks=1, codebook_size=8)
+  variables = model.init(jax.random.key(0), x, train=False)
+  jaxpr = jax.make_jaxpr(lambda v: model.apply(v, x, False))(variables)
+  outs = [e.outvars[0].aval.shape[-1] for e in all_eqns(jaxpr.jaxpr)
+          if e.primitive.name == "conv_general_dilated"]
+  assert outs and 2 not in outs and set(outs) == {8}

@@ -11,7 +11,7 @@ import optax
 import pytest
 from conftest import all_eqns, dot_dtypes
 
-from tsgen_jax.models import maskgit
+from tsgen_jax.models import dots, maskgit
 
 K, N, C, CODE_DIM = 8, 6, 3, 16
 
@@ -154,13 +154,13 @@ def test_mixed_matmul_rounds_operands_and_gradients_to_bfloat16_only():
   x = jax.random.normal(jax.random.key(0), (3, 5, 24))
   w = jax.random.normal(jax.random.key(1), (24, 10))
   c = jax.random.normal(jax.random.key(2), (3, 5, 10))
-  y = maskgit.mixed_matmul(x, w)
+  y = dots.mixed_matmul(x, w)
   assert y.dtype == jnp.float32 and y.shape == (3, 5, 10)
   np.testing.assert_allclose(y, _bf16(x) @ _bf16(w), rtol=1e-5, atol=1e-5)
   # Not float32's product: the rounding to bfloat16 shows.
   assert np.abs(np.asarray(y) - np.asarray(x, np.float64) @ np.asarray(w, np.float64)).max() \
       > 1e-3
-  dx, dw = jax.grad(lambda x, w: jnp.sum(c * maskgit.mixed_matmul(x, w)), argnums=(0, 1))(x, w)
+  dx, dw = jax.grad(lambda x, w: jnp.sum(c * dots.mixed_matmul(x, w)), argnums=(0, 1))(x, w)
   assert dx.dtype == dw.dtype == jnp.float32
   np.testing.assert_allclose(dx, _bf16(c) @ _bf16(w).T, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(dw, np.einsum("bsm,bsn->mn", _bf16(x), _bf16(c)), rtol=1e-5,
@@ -184,17 +184,17 @@ def test_float32_matmul_gradients_and_weight_gradient_form():
   w = jax.random.normal(jax.random.key(1), (24, 10))
   c = jax.random.normal(jax.random.key(2), (3, 5, 10))
   x64, w64, c64 = (np.asarray(a, np.float64) for a in (x, w, c))
-  y = maskgit.matmul(x, w)
+  y = dots.matmul(x, w)
   assert y.dtype == jnp.float32 and y.shape == (3, 5, 10)
   np.testing.assert_allclose(y, x64 @ w64, rtol=1e-5, atol=1e-5)
-  loss = lambda x, w: jnp.sum(c * maskgit.matmul(x, w))  # noqa: E731
+  loss = lambda x, w: jnp.sum(c * dots.matmul(x, w))  # noqa: E731
   dx, dw = jax.grad(loss, argnums=(0, 1))(x, w)
   assert dx.dtype == dw.dtype == jnp.float32
   np.testing.assert_allclose(dx, c64 @ w64.T, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(dw, np.einsum("bsm,bsn->mn", x64, c64), rtol=1e-5, atol=1e-4)
   jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=1))(x, w)
-  dots = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "dot_general"]
-  dw_dot, = [e for e in dots if e.outvars[0].aval.shape == (24, 10)]
+  dot_eqns = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "dot_general"]
+  dw_dot, = [e for e in dot_eqns if e.outvars[0].aval.shape == (24, 10)]
   (lc, rc), _ = dw_dot.params["dimension_numbers"]
   assert tuple(lc) == tuple(rc) == (0,)
   assert dw_dot.invars[0].aval.shape == (15, 24)  # x's rows first: no transposed copy

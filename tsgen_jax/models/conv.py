@@ -42,10 +42,14 @@ same sum without the zero terms, and those taps' gradient stays exactly zero.
 from __future__ import annotations
 
 import functools
+import itertools
+import math
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from tsgen_jax.models.dots import matmul
 
 MIN_CHUNKS = 4
 
@@ -213,6 +217,72 @@ def trim_dead_taps(conv_fn=lax.conv_general_dilated):
     return call(lhs, rhs, padding=new_padding)
 
   return conv
+
+
+@functools.lru_cache(maxsize=None)
+def tap_products_conv(conv_fn=lax.conv_general_dilated, max_width_ratio: int = 2):
+  """Wraps a ``lax.conv_general_dilated``-like function so that a convolution with few output
+  channels is computed as one matrix product and a sum of shifted slices.
+
+  y[b, s, o] = sum_k sum_c x_pad[b, s + k, c] w[k, c, o] (stride 1) is, per tap k, the
+  product P_k = x @ w[k] shifted by k: all taps' products are one (B * S, C) x (C, K * O)
+  :func:`~tsgen_jax.models.dots.matmul`, then the K shifted (B, S_out, O) slices of the
+  padded P are added. Its gradients are matrix products too (the input's (B * S, K * O) x
+  (K * O, C), the kernel's one ``km,kn->mn`` contraction over the B * S rows) plus the
+  slices' transposes, against XLA:CPU's Eigen convolution kernels, which run a convolution
+  with 2 output channels (the stage-1 decoder's last layer) at ~25 GFLOP/s: forward and both
+  gradients of the (3, 2) kernel, 64 -> 2 channels over (128, 5, 32) took 2.60 ms as
+  convolutions and 1.05 ms in this form, and the plain stage-1 step 76.9 -> 71.7 ms
+  (benchmarks/NOTES.md item 25).
+
+  Used where the products are no wider than ``max_width_ratio`` times the input (K * O <=
+  max_width_ratio * C: P's size bounded by the input's), for channels-last convolutions
+  (NHWC x HWIO, any number of spatial axes) with unit strides, no dilation, no feature or
+  batch groups, explicit non-negative padding and no ``preferred_element_type``; every other
+  call goes to ``conv_fn``. The output equals the convolution's up to float rounding (another
+  summation order).
+  """
+
+  def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+           dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+           precision=None, preferred_element_type=None):
+    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    nsp = lhs.ndim - 2
+    channels_last = (tuple(dn.lhs_spec) == (0, nsp + 1, *range(1, nsp + 1))
+                     and tuple(dn.out_spec) == tuple(dn.lhs_spec)
+                     and tuple(dn.rhs_spec) == (nsp + 1, nsp, *range(nsp)))
+    taps = math.prod(rhs.shape[:nsp])
+    if (channels_last and not isinstance(padding, str)
+        and all(s == 1 for s in window_strides)
+        and canonical_grad_applies(padding, lhs_dilation, rhs_dilation)
+        and feature_group_count == 1 and batch_group_count == 1
+        and preferred_element_type is None
+        and taps * rhs.shape[-1] <= max_width_ratio * lhs.shape[-1]):
+      return tap_products(lhs, rhs, padding)
+    return conv_fn(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+                   rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+                   feature_group_count=feature_group_count,
+                   batch_group_count=batch_group_count, precision=precision,
+                   preferred_element_type=preferred_element_type)
+
+  return conv
+
+
+def tap_products(x: jax.Array, w: jax.Array, padding) -> jax.Array:
+  """The stride-1 convolution of x (B, S..., C) by w (K..., C, O) with ``padding`` ((lo, hi)
+  per spatial axis, non-negative) as one matrix product and a sum of shifted slices (see
+  :func:`tap_products_conv`). Returns (B, S_out..., O), S_out = S + lo + hi - K + 1."""
+  nsp = x.ndim - 2
+  k, (c, o) = w.shape[:nsp], w.shape[nsp:]
+  w_cols = jnp.moveaxis(w, nsp, 0).reshape(c, -1)  # (C, K... * O), taps major
+  p = matmul(x, w_cols).reshape(*x.shape[:-1], *k, o)
+  p = jnp.pad(p, ((0, 0), *padding, *((0, 0),) * (nsp + 1)))
+  out = [x.shape[1 + a] + lo + hi - k[a] + 1 for a, (lo, hi) in enumerate(padding)]
+  y = None
+  for tap in itertools.product(*(range(n) for n in k)):
+    part = p[(slice(None), *(slice(t, t + n) for t, n in zip(tap, out)), *tap, slice(None))]
+    y = part if y is None else y + part
+  return y
 
 
 def canonical_grad_applies(padding, lhs_dilation=None, rhs_dilation=None) -> bool:

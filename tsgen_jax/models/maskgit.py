@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from tsgen_jax.models.dots import dot, is_mixed, matmul, operand
+
 MASK_SCHEDULES = ("cosine", "linear", "square")
 
 _EMBED_INIT = nn.initializers.normal(stddev=0.02)
@@ -68,66 +70,6 @@ def take_rows(x: jax.Array, index: jax.Array) -> jax.Array:
   flat = (index.astype(jnp.int32) + s * jnp.arange(b, dtype=jnp.int32)[:, None]).reshape(-1)
   return jnp.take(x.reshape((b * s,) + x.shape[2:]), flat, axis=0,
                   mode="clip").reshape(index.shape + x.shape[2:])
-
-
-def is_mixed(dtype) -> bool:
-  """Whether matmuls in ``dtype`` are mixed-precision: bfloat16 operands, float32 results."""
-  return jnp.dtype(dtype) == jnp.bfloat16
-
-
-def _operand(a: jax.Array, mixed: bool) -> jax.Array:
-  return a.astype(jnp.bfloat16) if mixed else a
-
-
-def _dot(spec: str, a: jax.Array, b: jax.Array, mixed: bool) -> jax.Array:
-  """``jnp.einsum(spec, a, b)``; ``mixed``: bfloat16 operands, float32 accumulation and
-  result."""
-  return jnp.einsum(spec, _operand(a, mixed), _operand(b, mixed),
-                    preferred_element_type=jnp.float32 if mixed else None)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def matmul(x: jax.Array, w: jax.Array, mixed: bool = False) -> jax.Array:
-  """``x @ w`` for x (..., M) and w (M, N): (..., N), in the operands' dtype, or with
-  ``mixed`` in bfloat16 operands with float32 accumulation and result.
-
-  The backward pass computes w's gradient as one contraction of x and the output gradient
-  over all their leading rows (``km,kn->mn``), which XLA:CPU runs on the two row-major arrays
-  as they are. Autodiff's form is that gradient's transpose (``kn,km->nm``), for which XLA
-  first copies x transposed: twelve (10496, 256) copies per stage-2 step at B = 256, ~6 % of
-  its time (benchmarks/NOTES.md item 23).
-
-  ``mixed``: the gradient is mixed-precision too; the float32 output gradient is rounded to
-  bfloat16 and both gradient matmuls take bfloat16 operands and accumulate in float32 (as
-  mixed-precision training does elsewhere); dx and dw come back in x's and w's dtypes. On a
-  CPU with AVX512-BF16 such matmuls ran at 1.6-2.2x the float32 rate (weight gradients
-  excepted); bfloat16 results would not (XLA:CPU's bfloat16-output dots are slower than
-  float32 ones; benchmarks/NOTES.md item 21).
-  """
-  return _dot("...m,mn->...n", x, w, mixed)
-
-
-def _matmul_fwd(x, w, mixed):
-  return matmul(x, w, mixed), (_operand(x, mixed), _operand(w, mixed),
-                               jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))
-
-
-def _matmul_bwd(mixed, res, g):
-  xo, wo, x_like, w_like = res
-  g = _operand(g, mixed)
-  m, n = wo.shape
-  dx = _dot("...n,mn->...m", g, wo, mixed)
-  dw = _dot("km,kn->mn", xo.reshape(-1, m), g.reshape(-1, n), mixed)
-  return dx.astype(x_like.dtype), dw.astype(w_like.dtype)
-
-
-matmul.defvjp(_matmul_fwd, _matmul_bwd)
-
-
-def mixed_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
-  """:func:`matmul` with ``mixed``: x (..., M) @ w (M, N) with bfloat16 operands, float32
-  (..., N)."""
-  return matmul(x, w, True)
 
 
 def column_sum(y: jax.Array) -> jax.Array:
@@ -235,24 +177,24 @@ def project_jointly(x: jax.Array, kernels: tuple[jax.Array, ...],
   autodiff of the separate products does. Autodiff of the joint matmul would instead assemble
   the (B, S, sum d_j) output gradient from the slices' gradients first, and on XLA:CPU that
   cost what the joint forward saves (benchmarks/NOTES.md item 20). ``mixed``: every matmul,
-  forward and backward, as :func:`mixed_matmul`'s (float32 results).
+  forward and backward, as :func:`~tsgen_jax.models.dots.mixed_matmul`'s (float32 results).
   """
-  y = _dot("bsm,md->bsd", x, jnp.concatenate(kernels, axis=1), mixed)
+  y = dot("bsm,md->bsd", x, jnp.concatenate(kernels, axis=1), mixed)
   ends = np.cumsum([k.shape[1] for k in kernels])
   return tuple(y[..., e - k.shape[1]:e] for k, e in zip(kernels, ends))
 
 
 def _project_jointly_fwd(x, kernels, mixed):
-  res = (_operand(x, mixed), tuple(_operand(k, mixed) for k in kernels),
+  res = (operand(x, mixed), tuple(operand(k, mixed) for k in kernels),
          jnp.zeros((0,), x.dtype), tuple(jnp.zeros((0,), k.dtype) for k in kernels))
   return project_jointly(x, kernels, mixed), res
 
 
 def _project_jointly_bwd(mixed, res, grads):
   x, kernels, x_like, k_like = res
-  grads = tuple(_operand(g, mixed) for g in grads)
-  dx = sum(_dot("bsd,md->bsm", g, k, mixed) for g, k in zip(grads, kernels))
-  dk = tuple(_dot("bsm,bsd->md", x, g, mixed).astype(z.dtype) for g, z in zip(grads, k_like))
+  grads = tuple(operand(g, mixed) for g in grads)
+  dx = sum(dot("bsd,md->bsm", g, k, mixed) for g, k in zip(grads, kernels))
+  dk = tuple(dot("bsm,bsd->md", x, g, mixed).astype(z.dtype) for g, z in zip(grads, k_like))
   return dx.astype(x_like.dtype), dk
 
 
@@ -287,7 +229,7 @@ class SelfAttention(nn.Module):
                query_index: jax.Array | None = None,
                joint_projection: bool = False) -> jax.Array:
     """x: (B, S, H) -> (B, S, features), in ``dtype`` (float32 when ``dtype`` is bfloat16:
-    its matmuls are then :func:`mixed_matmul`'s, bfloat16 operands and float32 results).
+    its matmuls are then :func:`~tsgen_jax.models.dots.mixed_matmul`'s, bfloat16 operands and float32 results).
 
     ``joint_projection``: compute the queries, keys and values of every head as one matmul
     (:func:`project_jointly`); the same values, a different matmul shape. The prior's train
@@ -306,7 +248,7 @@ class SelfAttention(nn.Module):
     if feat % h:
       raise ValueError(f"features {feat} must be divisible by num_heads {h}")
     d = feat // h
-    # mixed: bfloat16 operands, float32 activations (mixed_matmul); else all in self.dtype.
+    # mixed: bfloat16 operands, float32 activations (dots.mixed_matmul); else all in self.dtype.
     mixed = is_mixed(self.dtype)
     act_dtype = jnp.float32 if mixed else self.dtype
     w = {n: _Kernel((x.shape[-1], h, d), name=n)().astype(act_dtype)
@@ -349,7 +291,7 @@ class TransformerBlock(nn.Module):
   """Pre-norm block: ``x + Attn(RMSNorm(x))`` then ``x + MLP(RMSNorm(x))``, no causal mask.
 
   The residual stream stays in float32; attention and MLP matmuls run in ``dtype`` (bfloat16:
-  mixed precision, :func:`mixed_matmul`). The
+  mixed precision, :func:`~tsgen_jax.models.dots.mixed_matmul`). The
   attention is :class:`SelfAttention` (flax's multi-head attention, one head at a time; in
   training its queries, keys and values come from one joint matmul, ``joint_projection``).
   The attention projections have no bias, as in x-transformers (TimeVQVAE's prior): the key
@@ -409,7 +351,7 @@ class MaskGITTransformer(nn.Module):
     code_dim: width of the token embedding table (the stage-1 code dimension), projected to
       ``hidden_dim`` by a Dense layer.
     dtype: the matmuls' operand dtype: float32, or ``jnp.bfloat16`` for mixed precision
-      (:func:`mixed_matmul`: bfloat16 operands, float32 accumulation and results, in the
+      (:func:`~tsgen_jax.models.dots.mixed_matmul`: bfloat16 operands, float32 accumulation and results, in the
       forward and the backward pass). Parameters, activations and logits stay float32.
     first_block_table: the first block's input rows take few distinct values: each is a
       class id's, a (prefix token, place) pair's or a (token id, position) pair's embedding

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from tsgen_jax import stft as stft_lib
 from tsgen_jax.models.conv import (canonical_default, chunked_wgrad_conv, resolve_rows,
-                                    trim_dead_taps)
+                                    tap_products_conv, trim_dead_taps)
 from tsgen_jax.models.vq import VectorQuantizer
 
 BN_MOMENTUM = 0.9
@@ -48,8 +48,13 @@ def _conv(features, kernel_size, wgrad_chunk: int, **kwargs):
   """nn.Conv whose weight gradient is summed over batch chunks of ``wgrad_chunk`` rows
   (0: XLA's own) and whose kernel taps that meet only padding are skipped; on CPU its
   gradient convolutions are written in the NHWC x HWIO form that XLA:CPU's Eigen kernels
-  take, also inside a ``lax.scan`` of train steps (models/conv.py, ``canonical``)."""
-  conv = chunked_wgrad_conv(wgrad_chunk, canonical=canonical_default())
+  take, also inside a ``lax.scan`` of train steps (models/conv.py, ``canonical``), and a
+  convolution with few output channels is one matrix product and shifted sums
+  (``tap_products_conv``)."""
+  canonical = canonical_default()
+  conv = chunked_wgrad_conv(wgrad_chunk, canonical=canonical)
+  if canonical:  # on CPU, the decoder's last convolutions (2 output channels) as products
+    conv = tap_products_conv(conv)
   return nn.Conv(features, kernel_size, conv_general_dilated=trim_dead_taps(conv), **kwargs)
 
 
