@@ -31,7 +31,15 @@ Measured on this AMD EPYC kind with `benchmarks/torch_reference.py` (PyTorch 2.1
 tsgen_jax's own models at the benchmark shapes; ours the same hour, `benchmarks.run --only`):
 stage-1 plain B=128 185-189 ms (ours 197.7), Barlow Twins B=128 1404-1413 ms with its
 augmentation in torch (ours 849), the prior's train step B=256 928-950 ms (ours 967).
-NOTES items 19 and 20."""
+NOTES items 19 and 20.
+
+Measured the same way on the Zen 5 kind (`benchmarks/machines/amd_zen5_2core.json`,
+2026-12-04, alternated with ours; ours at one step per call, then in the training loop at 10
+per call): plain B=128 86.9 / 92.3 ms (ours 118.4 / 103.4 and 87.8 / 77.6 before NOTES item
+25; 81.5 against 103.9 and 73.7 after it), Barlow Twins 986.7 / 977.1 ms (ours 382.6 / 364.7
+and 299.5 / 296.6), the prior's step 775.7 / 689.2 ms (ours 457.2 / 472.8 and 349.6 / 331.7).
+On Zen 5 the plain step is the one nearest PyTorch's time (0.9x in the loop; its target,
+110 against 185 ms, asks for 0.59x)."""
 
 # The issue's figure for its reference machine's 2048^3 float32 matmul (GFLOP/s).
 ISSUE_MATMUL_GFLOPS = 155.0

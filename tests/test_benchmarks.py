@@ -193,6 +193,9 @@ def test_only_selection():
   with pytest.raises(SystemExit, match="unknown benchmark 'stage1_nope'"):
     run.select("stage1_nope")
   assert set(run.TARGET_ROWS) <= set(run.ALL_NAMES)  # every target row can be run
+  # the loop rows (the verdicts' figures) are the target steps' names plus _k10
+  assert set(run.LOOP_ROWS) <= set(run.ALL_NAMES)
+  assert {n.rsplit('_k', 1)[0] for n in run.LOOP_ROWS} <= set(run.TARGET_ROWS)
 
 
 def test_interleaved_rejects_unknown_fields_and_mistyped_values():
