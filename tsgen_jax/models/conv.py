@@ -37,6 +37,11 @@ padding are left out of the convolution: a 3 x 3 kernel with padding 1 over an i
 1 (the LF branch of ``lfhf=True`` sees one frequency row) uses only its middle row, so XLA would
 otherwise spend two thirds of that convolution's multiplications on zeros. The result is the
 same sum without the zero terms, and those taps' gradient stays exactly zero.
+
+:func:`tap_products_conv` wraps one so that a stride-1 convolution with few output channels
+(the decoder's last layer: 2) runs as one matrix product and a sum of shifted slices
+(:func:`tap_products`), which XLA:CPU runs ~2.5x faster than its convolution kernels at
+that shape.
 """
 
 from __future__ import annotations
@@ -252,8 +257,7 @@ def tap_products_conv(conv_fn=lax.conv_general_dilated, max_width_ratio: int = 2
                      and tuple(dn.out_spec) == tuple(dn.lhs_spec)
                      and tuple(dn.rhs_spec) == (nsp + 1, nsp, *range(nsp)))
     taps = math.prod(rhs.shape[:nsp])
-    if (channels_last and not isinstance(padding, str)
-        and all(s == 1 for s in window_strides)
+    if (channels_last and all(s == 1 for s in window_strides)
         and canonical_grad_applies(padding, lhs_dilation, rhs_dilation)
         and feature_group_count == 1 and batch_group_count == 1
         and preferred_element_type is None
