@@ -54,8 +54,8 @@ TARGET_ROWS = [name for name, _, _ in TARGETS]
 # they exist. Measured right after the target rows, before the memory-heavy scaling rows: in
 # the same process after those, the plain loop step took 86.5 ms against 73.2 ms in a fresh
 # one (benchmarks/NOTES.md item 25).
-LOOP_ROWS = ([f"stage1_{v}_b128_k{stage1_bench.LOOP_K}" for v in stage1_bench.LOOP_VARIANTS]
-             + [f"stage2_train_b256_k{stage2_bench.LOOP_K}"])
+# (report.py pairs them with their target the same way: the target's name + "_k...").
+LOOP_ROWS = [n for n in ALL_NAMES for t in TARGET_ROWS if n.startswith(t + "_k")]
 
 
 def select(only: str | None) -> set[str] | None:

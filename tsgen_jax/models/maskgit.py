@@ -229,7 +229,8 @@ class SelfAttention(nn.Module):
                query_index: jax.Array | None = None,
                joint_projection: bool = False) -> jax.Array:
     """x: (B, S, H) -> (B, S, features), in ``dtype`` (float32 when ``dtype`` is bfloat16:
-    its matmuls are then :func:`~tsgen_jax.models.dots.mixed_matmul`'s, bfloat16 operands and float32 results).
+    its matmuls are then :func:`~tsgen_jax.models.dots.mixed_matmul`'s, bfloat16 operands
+    and float32 results).
 
     ``joint_projection``: compute the queries, keys and values of every head as one matmul
     (:func:`project_jointly`); the same values, a different matmul shape. The prior's train
@@ -351,8 +352,9 @@ class MaskGITTransformer(nn.Module):
     code_dim: width of the token embedding table (the stage-1 code dimension), projected to
       ``hidden_dim`` by a Dense layer.
     dtype: the matmuls' operand dtype: float32, or ``jnp.bfloat16`` for mixed precision
-      (:func:`~tsgen_jax.models.dots.mixed_matmul`: bfloat16 operands, float32 accumulation and results, in the
-      forward and the backward pass). Parameters, activations and logits stay float32.
+      (:func:`~tsgen_jax.models.dots.mixed_matmul`: bfloat16 operands, float32 accumulation
+      and results, in the forward and the backward pass). Parameters, activations and logits
+      stay float32.
     first_block_table: the first block's input rows take few distinct values: each is a
       class id's, a (prefix token, place) pair's or a (token id, position) pair's embedding
       plus its position embedding, (C + 1) + P * prefix_vocab + N * (K + 1) rows in all (1323
