@@ -196,6 +196,7 @@ def test_only_selection():
   # the loop rows (the verdicts' figures) are the target steps' names plus _k10
   assert set(run.LOOP_ROWS) <= set(run.ALL_NAMES)
   assert {n.rsplit('_k', 1)[0] for n in run.LOOP_ROWS} <= set(run.TARGET_ROWS)
+  assert {'stage1_plain_b128_k10', 'stage2_train_b256_k10'} <= set(run.LOOP_ROWS)
 
 
 def test_interleaved_rejects_unknown_fields_and_mistyped_values():
