@@ -39,7 +39,17 @@ per call): plain B=128 86.9 / 92.3 ms (ours 118.4 / 103.4 and 87.8 / 77.6 before
 25; 81.5 against 103.9 and 73.7 after it), Barlow Twins 986.7 / 977.1 ms (ours 382.6 / 364.7
 and 299.5 / 296.6), the prior's step 775.7 / 689.2 ms (ours 457.2 / 472.8 and 349.6 / 331.7).
 On Zen 5 the plain step is the one nearest PyTorch's time (0.9x in the loop; its target,
-110 against 185 ms, asks for 0.59x)."""
+110 against 185 ms, asks for 0.59x).
+
+VIbCReg, added to the replica in the twelfth session (Zen 5, 2026-12-04, two rounds alternated
+with ours; its loss and IterNorm agree with tsgen_jax's to float32 rounding): PyTorch 1300.6 /
+1358.4 ms, the Barlow Twins replica in the same rounds 1020.0 / 1017.7 ms; ours VIbCReg 403.3 /
+405.7 ms at one step per call and 334.4 / 316.7 in the loop, Barlow Twins 386.7 / 370.0 and
+297.3 / 297.0. The issue's SSL targets (600 against 1412 and 1468 ms) ask for 0.41-0.42x of
+PyTorch: ours are 0.30x of the VIbCReg replica at one step per call (0.41x of the Barlow Twins
+replica scaled by the issue's VIbCReg / Barlow Twins ratio, since the replica's literal (D, D)
+loss makes PyTorch's VIbCReg dearer than the thesis code's) and 0.23-0.26x in the loop
+(0.32-0.34x of that scaled figure); Barlow Twins 0.36-0.38x and 0.29x."""
 
 # The issue's figure for its reference machine's 2048^3 float32 matmul (GFLOP/s).
 ISSUE_MATMUL_GFLOPS = 155.0

@@ -1,9 +1,10 @@
 """The issue's PyTorch reference, measured on this machine: a PyTorch replica of the stage-1
-plain and Barlow Twins steps at B = 128, L = 128 (NC-VQVAE's single codebook), and of the
-prior's (stage-2) train step at B = 256.
+plain, Barlow Twins and VIbCReg steps at B = 128, L = 128 (NC-VQVAE's single codebook), and of
+the prior's (stage-2) train step at B = 256.
 
   python benchmarks/torch_reference.py plain 20       # variant, timed steps [, 1 = channels-last]
   python benchmarks/torch_reference.py barlowtwins 10
+  python benchmarks/torch_reference.py vibcreg 10
   python benchmarks/torch_reference.py stage2 20
 
 PyTorch is not a dependency of tsgen_jax; run this in an environment that has it (the issue's
@@ -15,11 +16,18 @@ EMA codebook of 32 codes with a straight-through estimator and commitment loss; 
 four residual blocks and three ConvTranspose2d upsamplings, resized to the STFT grid;
 torch.istft; time and time-frequency MSE; AdamW. Barlow Twins adds two views (amplitude
 resize, slope, jitter, done in torch inside the step), the avg+max pooled latents of both,
-a 4096-wide projector and the Barlow Twins loss (lambda 5e-3). Prints the median, min and
-max step time (``time.perf_counter`` around zero_grad, forward, backward and the optimiser
-step, after 3 warm-up steps). The stage-2 replica is tsgen_jax's prior at the benchmark's
-shapes (see ``Prior``), with MaskGIT's cosine masking and the class dropped to the null id
-with probability 0.2. benchmarks/NOTES.md items 19 and 20 quote it.
+a 4096-wide projector and the Barlow Twins loss (lambda 5e-3); VIbCReg the same projector
+followed by IterNorm (64 groups, 5 Newton-Schulz iterations, the original's uncoupled form)
+and the VIbCReg loss (25, 25, 100) with its (D, D) correlation matrices, weighted 0.01 as
+tsgen_jax's ``ssl.weight``. That loss, taken as the issue defines it, is dearer in PyTorch
+than Barlow Twins' (its two (D, D) matrices and their elementwise passes: 523 against 231 ms
+of forward + backward at (128, 4096) on the Zen 5 kind), while the issue's own figures have
+the thesis code's VIbCReg step slightly below its Barlow Twins step: read its time as an upper
+bound. Prints the median, min and max step time (``time.perf_counter`` around zero_grad,
+forward, backward and the optimiser step, after 3 warm-up steps). The stage-2 replica is
+tsgen_jax's prior at the benchmark's shapes (see ``Prior``), with MaskGIT's cosine masking and
+the class dropped to the null id with probability 0.2. benchmarks/NOTES.md items 19, 20 and 25
+and the Reference section of BENCHMARKS.md quote it.
 """
 import sys
 import time
@@ -160,13 +168,44 @@ def barlow_twins(z1, z2, lam=5e-3):
   return on + lam * off
 
 
+def iternorm(x, groups=64, iters=5, eps=1e-5):
+  """IterNorm whitening of (N, D) features in ``groups`` groups (batch statistics)."""
+  n, d = x.shape
+  xc = (x - x.mean(0)).t().reshape(groups, d // groups, n)  # (G, d, N)
+  eye = torch.eye(d // groups, dtype=x.dtype).expand(groups, -1, -1)
+  cov = xc @ xc.transpose(1, 2) / n + eps * eye
+  tr = cov.diagonal(dim1=1, dim2=2).sum(-1)[:, None, None]
+  sn = cov / tr
+  p = eye
+  for _ in range(iters):
+    p = 1.5 * p - 0.5 * torch.matrix_power(p, 3) @ sn
+  w = p / tr.sqrt()
+  return (w @ xc).reshape(d, n).t()
+
+
+def vibcreg(z1, z2, lam=25.0, mu=25.0, nu=100.0):
+  """VIbCReg loss of two (N, D) embeddings (the issue's definition, (D, D) matrices)."""
+  def var(z):
+    return F.relu(1 - torch.sqrt(z.var(0) + 1e-4)).mean()
+
+  def cov(z):
+    z = z - z.mean(0)
+    z = z / z.norm(dim=0).clamp_min(1e-12)
+    c = z.t() @ z
+    c = c - torch.diag(torch.diagonal(c))
+    return c.pow(2).mean()
+
+  return (lam * F.mse_loss(z1, z2) + mu * (var(z1) + var(z2))
+          + nu * (cov(z1) + cov(z2)))
+
+
 class Model(nn.Module):
   """The stage-1 step's loss: forward(x, x1, x2) with (B, C, L) series and views."""
 
-  def __init__(self, ssl):
+  def __init__(self, ssl=""):
     super().__init__()
     self.enc, self.vq, self.dec = Encoder(), VQ(), Decoder()
-    self.ssl = ssl
+    self.ssl = ssl  # '', 'barlowtwins' or 'vibcreg'
     if ssl:
       self.proj = Projector()
 
@@ -183,7 +222,11 @@ class Model(nn.Module):
     if self.ssl:
       p1 = self.pool(self.enc(stft(x1)))
       p2 = self.pool(self.enc(stft(x2)))
-      loss = loss + barlow_twins(self.proj(p1), self.proj(p2))
+      if self.ssl == "barlowtwins":
+        loss = loss + barlow_twins(self.proj(p1), self.proj(p2))
+      else:
+        z1, z2 = iternorm(self.proj(p1)), iternorm(self.proj(p2))
+        loss = loss + 0.01 * vibcreg(z1, z2)
     return loss
 
 
@@ -242,12 +285,12 @@ def augment(x):
 
 
 def main():
-  if len(sys.argv) < 2 or sys.argv[1] not in ("plain", "barlowtwins", "stage2"):
+  if len(sys.argv) < 2 or sys.argv[1] not in ("plain", "barlowtwins", "vibcreg", "stage2"):
     sys.exit(__doc__)
   variant = sys.argv[1]
   iters = int(sys.argv[2]) if len(sys.argv) > 2 else 20
   cl = len(sys.argv) > 3 and sys.argv[3] == "1"
-  ssl = variant == "barlowtwins"
+  ssl = variant if variant in ("barlowtwins", "vibcreg") else ""
   batch = STAGE2_BATCH if variant == "stage2" else B
   model = (Prior() if variant == "stage2" else Model(ssl)).train()
   if cl:
