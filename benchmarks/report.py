@@ -117,8 +117,7 @@ def other_machine(path: str, data: dict) -> str:
   peak = by.get("matmul_f32_2048", {}).get("gflops_per_s")
   stream = by.get("stream_f32_512mb", {}).get("gb_per_s")
   head = [
-      f"### {info.get('cpu', '?')}, {info.get('cpu_count', '?')} cores "
-      f"(`{os.path.relpath(path, ROOT)}`)",
+      f"### {_machine_name(info)} (`{os.path.relpath(path, ROOT)}`)",
       "",
       f"Commit `{info.get('commit', '?')}`"
       + (" (plus uncommitted changes)" if info.get("uncommitted_changes", True) else "")
@@ -131,6 +130,12 @@ def other_machine(path: str, data: dict) -> str:
   if info.get("note"):
     head += [f"Note: {info['note']}", ""]
   return "\n".join(head + [verdicts(rows)])
+
+
+def _machine_name(info: dict) -> str:
+  """'CPU, N cores', or 'N x ACCELERATOR (host: CPU, N cores)' for a run on accelerators."""
+  host = f"{info.get('cpu', '?')}, {info.get('cpu_count', '?')} cores"
+  return f"{info['accelerator']} (host: {host})" if info.get("accelerator") else host
 
 
 def _loads(v) -> str:
@@ -163,8 +168,7 @@ def render(data: dict, notes: str = "", others=()) -> str:
       "`jnp.dot`) measured in the same run. Memory: XLA's memory analysis "
       "(temp + arguments + outputs) of the compiled function.",
       "",
-      f"- Machine: {info.get('cpu', '?')}, {info.get('cpu_count', '?')} cores "
-      f"({info.get('platform', '')})",
+      f"- Machine: {_machine_name(info)} ({info.get('platform', '')})",
       f"- Commit: `{info.get('commit', '?')}`" + (
           " (plus uncommitted changes to the code)" if info.get("uncommitted_changes", True)
           else ", no uncommitted changes to the code"),

@@ -76,7 +76,13 @@ def select(only: str | None) -> set[str] | None:
 
 
 def machine() -> dict:
-  info = {"platform": platform.platform(), "cpu_count": os.cpu_count()}
+  """Where the run happens: host platform, CPU, core count, jax version, accelerators (as
+  'N x KIND' when jax's default devices are not CPUs), commit, uncommitted changes, load."""
+  import jax  # here, not at import time: host_memory.start() may re-exec the process first
+  info = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "jax": jax.__version__}
+  devices = jax.devices()
+  if devices[0].platform != "cpu":
+    info["accelerator"] = f"{len(devices)} x {devices[0].device_kind}"
   try:
     for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
       if line.startswith("Model name"):

@@ -2,6 +2,8 @@
 verdicts, the commit line, starred rows from other runs, and ``--only`` selection. No timing
 is asserted, only what the harness computes from timings it is given."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -179,6 +181,17 @@ def test_render_other_machines_section():
   assert "- stage1_plain_b128: target <= 110 ms: **not met** (median 200 ms" in section
   assert "- stage2_train_b256: not measured in this run" in section
   assert "## Other machines" not in report.render(_results())  # no files, no section
+  gpu = _results(cpu="Host CPU", accelerator="1 x NVIDIA H200")
+  text = report.render(_results(), others=[(str(report.ROOT) + "/benchmarks/machines/g.json",
+                                            gpu)])
+  assert "### 1 x NVIDIA H200 (host: Host CPU, 2 cores) (`benchmarks/machines/g.json`)" in text
+  assert "- Machine: 1 x NVIDIA H200 (host: Host CPU, 2 cores)" in report.render(gpu)
+
+
+def test_machine_records_jax_and_no_accelerator_on_cpu():
+  info = run.machine()
+  assert info["jax"] == jax.__version__ and info["cpu_count"] == os.cpu_count()
+  assert "accelerator" not in info  # the suite runs on CPU
 
 
 def test_only_selection():
