@@ -6,8 +6,8 @@
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: -d .whl ml_collections==1.1.0
 # then one call of the device tool's `run`:
-#   command: bash benchmarks/device_run.sh     carry: [".whl"]     timeout_s: 420
-# It runs `python -m benchmarks.run` for at most $BUDGET_S seconds (default 330). The target
+#   command: bash benchmarks/device_run.sh     carry: [".whl"]     timeout_s: 400
+# It runs `python -m benchmarks.run` for at most $BUDGET_S seconds (default 285). The target
 # rows and their loop rows come first, and results are rewritten after each group of rows,
 # so a run cut short keeps what it measured. Results: $OUT/gpu.json (benchmarks.run's
 # format) and $OUT/gpu.log. Back here:
@@ -35,10 +35,10 @@ export PYTHONPATH=".:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 } 2>&1 | tee "$out/gpu.log"
 only=()
 [ -n "${ROWS:-}" ] && only=(--only "$ROWS")
-timeout "${BUDGET_S:-330}" "$py" -m benchmarks.run "${only[@]}" --out "$out/gpu.json" 2>&1 \
+timeout "${BUDGET_S:-285}" "$py" -m benchmarks.run "${only[@]}" --out "$out/gpu.json" 2>&1 \
   | grep -v "^WARNING\|Warn" | tee -a "$out/gpu.log"
 rc=${PIPESTATUS[0]}
-[ "$rc" = 124 ] && echo "stopped at the ${BUDGET_S:-330} s budget; gpu.json keeps the rows done" \
+[ "$rc" = 124 ] && echo "stopped at the ${BUDGET_S:-285} s budget; gpu.json keeps the rows done" \
   | tee -a "$out/gpu.log"
 [ -s "$out/gpu.json" ] || exit 1
 exit 0
