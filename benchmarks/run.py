@@ -157,6 +157,7 @@ def main(argv=None):
     with open(args.out, "w") as f:
       json.dump({"machine": info, "rows": rows}, f, indent=1)
 
+  save()  # the reference rows, so that even a run cut short leaves them
   # Target rows and their loop rows first (results.json is rewritten after each group, so a
   # partial run keeps them).
   wanted = set(ALL_NAMES) if only is None else only
