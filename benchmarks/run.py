@@ -27,6 +27,8 @@ import platform
 import subprocess
 import sys
 
+import jax
+
 from benchmarks import augment_bench, common, data_bench, stage1_bench, stage2_bench
 from tsgen_jax import host_memory
 
@@ -78,7 +80,6 @@ def select(only: str | None) -> set[str] | None:
 def machine() -> dict:
   """Where the run happens: host platform, CPU, core count, jax version, accelerators (as
   'N x KIND' when jax's default devices are not CPUs), commit, uncommitted changes, load."""
-  import jax  # here, not at import time: host_memory.start() may re-exec the process first
   info = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "jax": jax.__version__}
   devices = jax.devices()
   if devices[0].platform != "cpu":
