@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-from benchmarks.run import TARGETS, table
+from benchmarks.run import TARGETS, is_loop_row, table
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -69,8 +69,8 @@ def verdicts(rows) -> str:
       continue
     if kind == "ms":
       ok = r["median_ms"] <= bound
-      loop = next((x for x in rows if x["name"].startswith(name + "_k")
-                   and "median_ms" in x), None)
+      loop = next((x for x in rows if is_loop_row(x["name"], name) and "median_ms" in x),
+                  None)
       if loop:  # the same step as the training loop runs it (steps_per_call, default 10)
         ok_loop = loop["median_ms"] <= bound
         line = (f"- {name}: target <= {bound} ms: **{'met' if ok_loop else 'not met'}** in "

@@ -48,6 +48,12 @@ ALL_NAMES = ([f"stage1_{v}_b{b}" for b in (128, 32) for v in stage1_bench.VARIAN
 
 
 # The issue's targets: (row, "ms" upper bound | "series_per_s" lower bound, value).
+def is_loop_row(name: str, target: str) -> bool:
+  """Whether row ``name`` is target row ``target``'s step timed as the training loop runs it
+  (``target + '_k' + steps per call``, e.g. stage1_plain_b128_k10)."""
+  return name.startswith(target + "_k")
+
+
 TARGETS = [("stage1_plain_b128", "ms", 110), ("stage1_barlowtwins_b128", "ms", 600),
            ("stage1_vibcreg_b128", "ms", 600), ("stage1_lfhf_b128", "ms", 300),
            ("stage2_train_b256", "ms", 500), ("sample_256_t10_s1", "series_per_s", 120)]
@@ -56,8 +62,7 @@ TARGET_ROWS = [name for name, _, _ in TARGETS]
 # they exist. Measured right after the target rows, before the memory-heavy scaling rows: in
 # the same process after those, the plain loop step took 86.5 ms against 73.2 ms in a fresh
 # one (benchmarks/NOTES.md item 25).
-# (report.py pairs them with their target the same way: the target's name + "_k...").
-LOOP_ROWS = [n for n in ALL_NAMES for t in TARGET_ROWS if n.startswith(t + "_k")]
+LOOP_ROWS = [n for n in ALL_NAMES for t in TARGET_ROWS if is_loop_row(n, t)]
 
 
 def select(only: str | None) -> set[str] | None:

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import common, stage1_bench
-from tsgen_jax import trainer
+from tsgen_jax import sharding, trainer
 from tsgen_jax.models import conv as conv_lib
 from tsgen_jax.models import vqvae as vqvae_lib
 
@@ -51,15 +51,14 @@ def layer_calls() -> dict:
   w = jax.random.normal(kw, (3, 2, 64, 2)) * 0.1
   g = jax.random.normal(kg, (128, 5, 32, 2))
   padding = ((1, 1), (1, 0))
-  options = {"xla_cpu_experimental_ynn_fusion_type": trainer.STAGE1_YNN_FUSION_TYPES}
+  options = trainer.step_compiler_options(sharding.make_mesh(), "stage1")
   calls = {}
   for form, wrap in FORMS.items():
     conv = wrap(conv_lib.chunked_wgrad_conv(128, canonical=True))
     fn = lambda x, w, conv=conv: conv(x, w, (1, 1), padding,  # noqa: E731
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
     f = jax.jit(lambda x, w, g, fn=fn: jax.vjp(fn, x, w)[1](g))
-    compiled = (f.lower(x, w, g).compile(compiler_options=options)
-                if jax.default_backend() == "cpu" else f.lower(x, w, g).compile())
+    compiled = f.lower(x, w, g).compile(compiler_options=options)
     calls[form] = lambda c=compiled: jax.block_until_ready(c(x, w, g))
   return calls
 
